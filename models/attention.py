@@ -1,0 +1,85 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3), without query compression, with a latent KV cache.
+
+Keys and values are produced from a low-rank latent c_kv = RMSNorm(W_a x) of width `kv_rank`, plus one
+rotary key of width `qk_rope_dim` shared by all heads. The KV cache stores exactly these two (the
+point of MLA); cached latents are expanded to per-head keys/values on every decoding step, which is
+simple and exact (the "absorbed" fast path of DeepSeek's inference code is an optimisation we do
+not need at our scales).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import AttentionConfig
+from .layers import RMSNorm, apply_rope
+
+
+@dataclass
+class LayerKVCache:
+    """Per-layer cache: normalised KV latents and rotated shared keys for positions [0, max_len)."""
+
+    latent: torch.Tensor  # [B, max_len, kv_rank]
+    k_rope: torch.Tensor  # [B, max_len, qk_rope_dim]
+
+
+class MultiHeadLatentAttention(nn.Module):
+    def __init__(self, dim: int, cfg: AttentionConfig, norm_eps: float):
+        super().__init__()
+        self.cfg = cfg
+        qk_dim = cfg.qk_nope_dim + cfg.qk_rope_dim
+        self.wq = nn.Linear(dim, cfg.n_heads * qk_dim, bias=False)
+        self.wkv_a = nn.Linear(dim, cfg.kv_rank + cfg.qk_rope_dim, bias=False)
+        self.kv_norm = RMSNorm(cfg.kv_rank, eps=norm_eps)
+        self.wkv_b = nn.Linear(cfg.kv_rank, cfg.n_heads * (cfg.qk_nope_dim + cfg.v_dim), bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.v_dim, dim, bias=False)
+
+    def new_cache(self, batch: int, max_len: int, device, dtype) -> LayerKVCache:
+        return LayerKVCache(
+            latent=torch.zeros(batch, max_len, self.cfg.kv_rank, device=device, dtype=dtype),
+            k_rope=torch.zeros(batch, max_len, self.cfg.qk_rope_dim, device=device, dtype=dtype),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        cache: LayerKVCache | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
+        """x: [B, T, dim] at positions start_pos..start_pos+T-1; rope: the table rows of those positions."""
+        cfg = self.cfg
+        B, T, _ = x.shape
+        H = cfg.n_heads
+        q = self.wq(x).view(B, T, H, cfg.qk_nope_dim + cfg.qk_rope_dim).transpose(1, 2)
+        q_nope, q_rope = q.split([cfg.qk_nope_dim, cfg.qk_rope_dim], dim=-1)
+        q = torch.cat([q_nope, apply_rope(q_rope, rope)], dim=-1)
+
+        latent, k_rope = self.wkv_a(x).split([cfg.kv_rank, cfg.qk_rope_dim], dim=-1)
+        latent = self.kv_norm(latent)
+        k_rope = apply_rope(k_rope, rope)
+        if cache is not None:
+            end = start_pos + T
+            if end > cache.latent.shape[1]:
+                raise ValueError(f"KV cache holds {cache.latent.shape[1]} positions; decoding reached {end}")
+            cache.latent[:B, start_pos:end] = latent
+            cache.k_rope[:B, start_pos:end] = k_rope
+            latent, k_rope = cache.latent[:B, :end], cache.k_rope[:B, :end]
+        S = latent.shape[1]
+
+        kv = self.wkv_b(latent).view(B, S, H, cfg.qk_nope_dim + cfg.v_dim).transpose(1, 2)
+        k_nope, v = kv.split([cfg.qk_nope_dim, cfg.v_dim], dim=-1)
+        k = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, cfg.qk_rope_dim)], dim=-1)
+
+        if S == T:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Queries sit at positions start_pos.. and may see every cached key up to themselves.
+            q_pos = torch.arange(start_pos, start_pos + T, device=x.device)
+            mask = torch.arange(S, device=x.device)[None, :] <= q_pos[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(B, T, H * cfg.v_dim))

@@ -1,0 +1,88 @@
+"""The connection interface: how one sub-layer F is wired into the residual state.
+
+Every transformer block calls `state = connection(state, F)` twice (attention, then FFN), where F is
+the sub-layer *including its own pre-norm*. The connection decides what F reads from the state and how
+F's output is merged back. The model calls `expand` once after the embedding and `collapse` once before
+the final norm. What the state is belongs to the variant:
+
+- residual: the hidden vector x, [..., C]              (x + F(x))
+- HC / mHC: n residual streams, [..., n, C]            (H_res x + H_post^T F(H_pre x))
+- DenseFormer / MUDDFormer (later): the list of all earlier layer outputs, read with dynamic weights
+- RMT (later): a matrix-valued residual state
+
+so new variants plug into the same block without a second transformer.
+
+Diagnostics: a connection with `capture = True` keeps its last mappings (float32, detached) in
+`self.record` as {"H_pre": [..., n], "H_post": [..., n], "H_res": [..., n, n]}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..config import ConnectionConfig
+from .ops import post_res_mix, pre_mix
+
+SubLayer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Connection(nn.Module):
+    def __init__(self, cfg: ConnectionConfig, dim: int, index: int, norm_eps: float = 1e-6):
+        """`index` counts sub-layers from 0 (block b has attention 2b and FFN 2b+1); `norm_eps` is the
+        model's RMSNorm epsilon, for variants that normalise the state."""
+        super().__init__()
+        self.cfg = cfg
+        self.norm_eps = norm_eps
+        self.dim = dim
+        self.index = index
+        self.capture = False
+        self.record: dict[str, torch.Tensor] | None = None
+
+    def forward(self, state: torch.Tensor, sublayer: SubLayer) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def expand(h: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:
+        """Embedding output [..., C] -> initial state."""
+        raise NotImplementedError
+
+    @staticmethod
+    def collapse(state: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:
+        """Final state -> [..., C] for the final norm."""
+        raise NotImplementedError
+
+    def _keep(self, H_pre: torch.Tensor, H_post: torch.Tensor, H_res: torch.Tensor) -> None:
+        if self.capture:
+            self.record = {
+                "H_pre": H_pre.detach().float(),
+                "H_post": H_post.detach().float(),
+                "H_res": H_res.detach().float(),
+            }
+
+
+class StreamConnection(Connection):
+    """Shared machinery of the n-stream variants (HC, mHC): replicate at entry, sum/mean at exit,
+    and the update x_{l+1} = H_res x_l + H_post^T F(H_pre x_l) with coefficients from `mappings`."""
+
+    def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: [..., n, C] -> float32 (H_pre [..., n], H_post [..., n], H_res [..., n, n]), per token."""
+        raise NotImplementedError
+
+    def forward(self, state: torch.Tensor, sublayer: SubLayer) -> torch.Tensor:
+        H_pre, H_post, H_res = self.mappings(state)
+        self._keep(H_pre, H_post, H_res)
+        # Coefficients are computed in float32 and applied in the activation dtype (they are bounded).
+        dtype = state.dtype
+        y = sublayer(pre_mix(state, H_pre.to(dtype)))
+        return post_res_mix(state, H_res.to(dtype), H_post.to(dtype), y)
+
+    @staticmethod
+    def expand(h: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:
+        return h.unsqueeze(-2).expand(*h.shape[:-1], cfg.n, h.shape[-1]).contiguous()
+
+    @staticmethod
+    def collapse(state: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:
+        return state.sum(-2) if cfg.collapse == "sum" else state.mean(-2)

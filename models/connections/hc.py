@@ -1,0 +1,102 @@
+"""Hyper-Connections (Zhu et al., ICLR 2025), HC paper Eq. 8-14 / Algorithm 2, in mHC notation.
+
+Algorithm 2 keeps alpha = [A_m | A_r] (n x (n+1)) and beta = B (n), each = static + dynamic:
+    norm_h  = RMSNorm(h) per stream
+    alpha   = static_alpha + s_alpha * tanh(norm_h @ W_alpha)      ([..., n, n+1], row j from stream j)
+    beta    = static_beta  + s_beta  * tanh(norm_h @ W_beta)       ([..., n])
+    out_i   = sum_j A_r[j, i] h_j + beta_i * F(sum_j A_m[j] h_j)
+so H_pre = A_m^T, H_post = B and H_res = A_r^T (H_res[i, j] = alpha[j, 1 + i]). The combined alpha is
+stored as its two column blocks (pre: A_m, res: A_r), which is the same parametrisation and lets the
+mHC paper's Table 1 ablation fix each mapping separately (H_pre -> 1/n, H_post -> 1, H_res -> I).
+
+Initialisation (Eq. 14): W = 0, B = 1, A_m = e_{k mod n} (k = sub-layer index), A_r = I, scales 0.01,
+so HC equals the pre-norm residual network at init (all streams identical, each receives F).
+The per-stream norm is an RMSNorm with a weight (|theta_norm| = C, as in the mHC paper's Eq. 5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ConnectionConfig
+from ..layers import RMSNorm
+from .base import StreamConnection
+
+
+class HyperConnection(StreamConnection):
+    def __init__(self, cfg: ConnectionConfig, dim: int, index: int, norm_eps: float = 1e-6):
+        super().__init__(cfg, dim, index, norm_eps)
+        n = cfg.n
+        self.dynamic = cfg.hc_dynamic and (cfg.learn_pre or cfg.learn_res or cfg.learn_post)
+        if self.dynamic:
+            self.norm = RMSNorm(dim, eps=norm_eps)
+        if cfg.learn_pre:
+            self.static_pre = nn.Parameter(torch.zeros(n))  # A_m
+        if cfg.learn_res:
+            self.static_res = nn.Parameter(torch.zeros(n, n))  # A_r (stored as in Algorithm 2, = H_res^T)
+        if cfg.learn_post:
+            self.static_post = nn.Parameter(torch.zeros(n))  # B
+        if self.dynamic and (cfg.learn_pre or cfg.learn_res):
+            self.dynamic_alpha_scale = nn.Parameter(torch.zeros(()))
+            if cfg.learn_pre:
+                self.dynamic_pre = nn.Parameter(torch.zeros(dim, 1))
+            if cfg.learn_res:
+                self.dynamic_res = nn.Parameter(torch.zeros(dim, n))
+        if self.dynamic and cfg.learn_post:
+            self.dynamic_beta_scale = nn.Parameter(torch.zeros(()))
+            self.dynamic_post = nn.Parameter(torch.zeros(dim))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        n = self.cfg.n
+        for name, param in self.named_parameters(recurse=False):
+            if name.startswith("dynamic_") and not name.endswith("_scale"):
+                param.zero_()
+        if self.cfg.learn_pre:
+            self.static_pre.zero_()
+            self.static_pre[self.index % n] = 1.0
+        if self.cfg.learn_res:
+            self.static_res.copy_(torch.eye(n))
+        if self.cfg.learn_post:
+            self.static_post.fill_(1.0)
+        for name in ("dynamic_alpha_scale", "dynamic_beta_scale"):
+            if hasattr(self, name):
+                getattr(self, name).fill_(self.cfg.alpha_init)
+        if self.dynamic:
+            self.norm.weight.fill_(1.0)
+
+    def _dynamic(self, normed: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        z = normed @ weight.float()
+        return scale.float() * (torch.tanh(z) if self.cfg.hc_tanh else z)
+
+    def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg, n = self.cfg, self.cfg.n
+        batch = x.shape[:-2]
+        normed = self.norm(x.float()) if self.dynamic else None  # [..., n, C], per stream
+
+        if cfg.learn_pre:
+            a_m = self.static_pre.float().expand(*batch, n)
+            if self.dynamic:
+                a_m = a_m + self._dynamic(normed, self.dynamic_pre, self.dynamic_alpha_scale).squeeze(-1)
+            H_pre = a_m
+        else:
+            H_pre = x.new_full((*batch, n), 1.0 / n, dtype=torch.float32)
+
+        if cfg.learn_res:
+            a_r = self.static_res.float().expand(*batch, n, n)
+            if self.dynamic:
+                a_r = a_r + self._dynamic(normed, self.dynamic_res, self.dynamic_alpha_scale)
+            H_res = a_r.transpose(-1, -2)
+        else:
+            H_res = torch.eye(n, device=x.device).expand(*batch, n, n)
+
+        if cfg.learn_post:
+            b = self.static_post.float().expand(*batch, n)
+            if self.dynamic:
+                b = b + self._dynamic(normed, self.dynamic_post.unsqueeze(-1), self.dynamic_beta_scale).squeeze(-1)
+            H_post = b
+        else:
+            H_post = x.new_ones((*batch, n), dtype=torch.float32)
+        return H_pre, H_post, H_res

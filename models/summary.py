@@ -1,0 +1,109 @@
+"""Parameter summary of a named scale and connection arch, computed on the meta device (no weights
+are allocated).
+
+    python -m models.summary --scale paper-3b --arch mhc [--set connection.n=2 ...]
+
+prints one JSON object with total, active, embedding and connection parameter counts, the number of
+connection parameters the mHC/HC equations imply, and, for the paper's scales, Table 5's numbers and
+our relative difference to them.
+
+"Active" parameters follow Table 5's convention: everything a token touches except the input
+embedding (the output head counts), with only n_active of the routed experts of each MoE layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .config import ConfigError, ModelConfig, apply_overrides
+from .registry import SCALES, get_scale, model_config
+from .transformer import Transformer
+
+
+def expected_connection_params(cfg: ModelConfig) -> int:
+    """Connection parameters implied by the equations, for the whole model (2 sub-layers per block)."""
+    conn, C = cfg.connection, cfg.dim
+    n = conn.n
+    if conn.arch == "baseline":
+        per = 0
+    elif conn.arch == "mhc":
+        # phi [nC, n^2 + 2n], b [n^2 + 2n], alpha [3]  (mHC Eq. 7)
+        per = n * C * (n * n + 2 * n) + (n * n + 2 * n) + 3
+    else:
+        # HC paper Eq. 25 with all mappings learnable: |theta_norm| + C(n+2) + n(n+2) + 2
+        if not (conn.learn_pre and conn.learn_res and conn.learn_post and conn.hc_dynamic):
+            return -1  # ablated HC: no closed form printed
+        per = C + C * (n + 2) + n * (n + 2) + 2
+    return 2 * cfg.n_layers * per
+
+
+def count_parameters(model: Transformer) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.embed.weight.numel()
+    inactive = 0
+    for moe in model.moe_layers():
+        per_expert = sum(p.numel() for p in moe.experts[0].parameters())
+        inactive += (moe.cfg.n_routed - moe.cfg.n_active) * per_expert
+    connection = sum(p.numel() for c in model.connections() for p in c.parameters())
+    return {
+        "total_params": total,
+        "active_params": total - embedding - inactive,
+        "embedding_params": embedding,
+        "head_params": model.head.weight.numel(),
+        "connection_params": connection,
+    }
+
+
+def summarize(cfg: ModelConfig, paper: dict | None = None) -> dict:
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    out: dict = {
+        "arch": cfg.connection.arch,
+        "n_streams": cfg.connection.streams(),
+        "layers": cfg.n_layers,
+        "sublayers": 2 * cfg.n_layers,
+        "dim": cfg.dim,
+        "moe_layers": len(model.moe_layers()),
+    }
+    out.update(count_parameters(model))
+    out["expected_connection_params"] = expected_connection_params(cfg)
+    if paper:
+        out["paper"] = paper
+        out["rel_diff_total"] = round(out["total_params"] / paper["total_params"] - 1, 5)
+        out["rel_diff_active"] = round(out["active_params"] / paper["active_params"] - 1, 5)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", required=True, help=f"one of: {', '.join(SCALES)}")
+    parser.add_argument("--arch", default="baseline", help="baseline | hc | mhc")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model-config override, e.g. connection.n=2 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        scale = get_scale(args.scale)
+        cfg = apply_overrides(model_config(args.scale, "baseline"), [f"connection.arch={args.arch}", *args.overrides])
+        # Table 5 describes the baseline; connection parameters come on top of it.
+        result = summarize(cfg, scale.paper if args.arch == "baseline" else None)
+        if scale.paper and args.arch != "baseline":
+            result["paper"] = scale.paper
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

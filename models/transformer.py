@@ -1,0 +1,117 @@
+"""The shared transformer (DeepSeek-V3 family): embedding -> blocks -> final RMSNorm -> untied head.
+
+Each block has two sub-layers, attention (MLA) and feed-forward (dense SwiGLU or MoE), each with its own
+pre-norm and its own connection module. Residual, HC and mHC differ only in that connection module and
+in how the state is expanded after the embedding and collapsed before the final norm; there is one
+transformer for all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import LayerKVCache, MultiHeadLatentAttention
+from .config import ModelConfig, validate_model_config
+from .connections import Connection, build_connection, connection_class
+from .layers import RMSNorm, SwiGLU, rope_frequencies
+from .moe import MoE
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = MultiHeadLatentAttention(cfg.dim, cfg.attention, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        ffn = cfg.ffn
+        if ffn.kind == "dense" or layer_id < ffn.n_dense_layers:
+            self.ffn: nn.Module = SwiGLU(cfg.dim, ffn.dense_dim)
+        else:
+            self.ffn = MoE(cfg.dim, ffn.moe)
+        self.attn_connection = build_connection(cfg.connection, cfg.dim, 2 * layer_id, cfg.norm_eps)
+        self.ffn_connection = build_connection(cfg.connection, cfg.dim, 2 * layer_id + 1, cfg.norm_eps)
+
+    def forward(
+        self,
+        state: torch.Tensor,
+        rope: torch.Tensor,
+        cache: LayerKVCache | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
+        state = self.attn_connection(state, lambda u: self.attn(self.attn_norm(u), rope, cache, start_pos))
+        state = self.ffn_connection(state, lambda u: self.ffn(self.ffn_norm(u)))
+        return state
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        validate_model_config(cfg)
+        self.cfg = cfg
+        self.connection_cls = connection_class(cfg.connection)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        rope = rope_frequencies(cfg.attention.qk_rope_dim, cfg.max_seq_len, cfg.attention.rope_theta)
+        self.register_buffer("rope", rope, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """N(0, init_std) for every linear and embedding weight; norms to one; each connection and MoE
+        resets its own parameters (connections know their paper-specific init). On the meta device
+        (parameter counting) there is nothing to initialise; `to_empty()` + `init_weights()` materialises."""
+        if self.head.weight.is_meta:
+            return
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=self.cfg.init_std)
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+            elif isinstance(module, MoE):
+                module.balance_bias.zero_()
+        for module in self.connections():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def connections(self) -> list[Connection]:
+        """The connection modules in sub-layer order (attention 0, FFN 0, attention 1, ...)."""
+        return [c for b in self.blocks for c in (b.attn_connection, b.ffn_connection)]
+
+    def moe_layers(self) -> list[MoE]:
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, MoE)]
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> list[LayerKVCache]:
+        """An empty KV cache for incremental decoding of up to `max_len` positions."""
+        max_len = max_len or self.cfg.max_seq_len
+        ref = self.head.weight
+        return [b.attn.new_cache(batch, max_len, ref.device, ref.dtype) for b in self.blocks]
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        cache: list[LayerKVCache] | None = None,
+    ) -> torch.Tensor:
+        """tokens [B, T] at positions start_pos.. -> logits [B, T, vocab] (float32 head output dtype).
+
+        With `cache`, keys/values of earlier positions come from the cache and this call's are stored.
+        """
+        T = tokens.shape[1]
+        if start_pos + T > self.cfg.max_seq_len:
+            raise ValueError(f"positions up to {start_pos + T} exceed max_seq_len={self.cfg.max_seq_len}")
+        rope = self.rope[start_pos : start_pos + T]
+        state = self.connection_cls.expand(self.embed(tokens), self.cfg.connection)
+        for i, block in enumerate(self.blocks):
+            state = block(state, rope, None if cache is None else cache[i], start_pos)
+        h = self.connection_cls.collapse(state, self.cfg.connection)
+        return self.head(self.norm(h))
+
+    @torch.no_grad()
+    def update_balance_biases(self) -> None:
+        """Loss-free MoE balancing step; the trainer calls this after each optimiser step."""
+        for moe in self.moe_layers():
+            moe.update_balance_bias()
