@@ -201,7 +201,7 @@ register(
             dim=64,
             n_layers=2,
             max_seq_len=128,
-            norm_eps=1e-6,
+            norm_eps=1e-20,
             init_std=0.02,
             attention=AttentionConfig(n_heads=2, qk_nope_dim=16, qk_rope_dim=8, v_dim=16, kv_rank=32),
             ffn=FFNConfig(kind="dense", dense_dim=128, n_dense_layers=0),

@@ -6,7 +6,9 @@ the truncation error (backward gain ~ 1), as the paper's Fig. 7 shows.
 
 Numerics: the per-matrix maximum is subtracted before exp (exact: Sinkhorn is invariant to a scalar
 factor). `eps` (default 0, as in the paper; DeepSeek-V4's code uses 1e-6) is added to every
-denominator. The backward is plain autograd through the unrolled iterations, i.e. the exact gradient of
+denominator, and every denominator is floored at the dtype's smallest normal number, so that a column
+that underflows entirely (logit spread > ~87 in float32) gives zeros instead of 0/0 = NaN; in normal
+operation the floor never binds and the result is exactly Eq. 9. The backward is plain autograd through the unrolled iterations, i.e. the exact gradient of
 the truncated map (not an implicit-function approximation).
 """
 
@@ -17,8 +19,9 @@ import torch
 
 def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 0.0) -> torch.Tensor:
     """logits [..., n, n] -> doubly stochastic [..., n, n] in the logits' dtype (use float32 or float64)."""
+    tiny = torch.finfo(logits.dtype).tiny
     m = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))
     for _ in range(iters):
-        m = m / (m.sum(dim=-2, keepdim=True) + eps)  # T_c: every column sums to 1
-        m = m / (m.sum(dim=-1, keepdim=True) + eps)  # T_r: every row sums to 1 (last: exact)
+        m = m / (m.sum(dim=-2, keepdim=True) + eps).clamp_min(tiny)  # T_c: every column sums to 1
+        m = m / (m.sum(dim=-1, keepdim=True) + eps).clamp_min(tiny)  # T_r: every row sums to 1 (last: exact)
     return m

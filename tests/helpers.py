@@ -1,0 +1,19 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from models.config import ModelConfig, MoEConfig
+from models.registry import model_config
+
+
+def tiny_config(arch: str = "baseline", moe: bool = False, **connection) -> ModelConfig:
+    """The `tiny` scale (2 blocks, dim 64), optionally with a small MoE in the second block."""
+    cfg = model_config("tiny", arch, **connection)
+    if moe:
+        ffn = dataclasses.replace(
+            cfg.ffn, kind="moe", n_dense_layers=1, moe=MoEConfig(n_routed=4, n_active=2, n_shared=1, expert_dim=32)
+        )
+        cfg = dataclasses.replace(cfg, ffn=ffn)
+    return cfg

@@ -1,0 +1,80 @@
+"""Sinkhorn-Knopp (paper Eq. 9): marginals, non-negativity, and a gradient that is really tested."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.connections import sinkhorn
+
+
+def _logits(*shape, scale=2.0, dtype=torch.float32):
+    return scale * torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_rows_exact_columns_within_truncation(n):
+    logits = _logits(64, n, n, scale=3.0)
+    m = sinkhorn(logits, iters=20)
+    assert (m >= 0).all()
+    # T_r runs last: row sums are exact up to float32 rounding.
+    assert (m.sum(-1) - 1).abs().max() < 1e-6
+    # Columns carry the truncation error: it must shrink with more iterations.
+    col_err_20 = (m.sum(-2) - 1).abs().max()
+    col_err_200 = (sinkhorn(logits.double(), iters=200).sum(-2) - 1).abs().max()
+    assert col_err_20 < 5e-2
+    assert col_err_200 <= col_err_20 + 1e-12
+
+
+def test_order_is_column_then_row():
+    """One iteration by hand: exp, normalise columns, then rows."""
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.5, -1.0, 0.0], [3.0, 0.0, -2.0]], dtype=torch.float64)
+    m = torch.exp(logits)
+    m = m / m.sum(0, keepdim=True)
+    m = m / m.sum(1, keepdim=True)
+    torch.testing.assert_close(sinkhorn(logits, iters=1), m)
+    # The other order gives a different matrix: the test can tell them apart.
+    other = torch.exp(logits)
+    other = other / other.sum(1, keepdim=True)
+    other = other / other.sum(0, keepdim=True)
+    assert not torch.allclose(sinkhorn(logits, iters=1), other)
+
+
+def test_invariant_to_logit_shift_and_safe_for_large_logits():
+    logits = _logits(8, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(sinkhorn(logits), sinkhorn(logits + 50.0))
+    big = sinkhorn(logits.float() * 1000.0)  # exp overflows without the max subtraction; columns underflow
+    assert torch.isfinite(big).all() and (big >= 0).all()
+    assert (big.sum(-1) <= 1 + 1e-6).all()
+
+
+def test_gradcheck_float64():
+    logits = _logits(3, 4, 4, scale=1.0, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: sinkhorn(x, iters=20), (logits,))
+    assert torch.autograd.gradgradcheck(lambda x: sinkhorn(x, iters=5), (logits,))
+
+
+def test_gradient_with_random_upstream_matches_finite_differences():
+    """A sum of a doubly stochastic matrix is constant (= n), so `out.sum().backward()` tests nothing;
+    use a random upstream gradient and compare with central differences of <g, S(x)>."""
+    torch.manual_seed(1)
+    x = _logits(4, 4, scale=1.0, dtype=torch.float64).requires_grad_()
+    g = torch.randn(4, 4, dtype=torch.float64)
+    (sinkhorn(x) * g).sum().backward()
+    fd = torch.zeros_like(x)
+    h = 1e-6
+    for idx in torch.cartesian_prod(torch.arange(4), torch.arange(4)):
+        i, j = idx.tolist()
+        e = torch.zeros_like(x)
+        e[i, j] = h
+        fd[i, j] = ((sinkhorn(x.detach() + e) * g).sum() - (sinkhorn(x.detach() - e) * g).sum()) / (2 * h)
+    torch.testing.assert_close(x.grad, fd, atol=1e-7, rtol=1e-6)
+    assert x.grad.abs().max() > 1e-3  # not the vacuous ~0 gradient of the ones-upstream test
+    # and the vacuous test is indeed vacuous:
+    y = x.detach().clone().requires_grad_()
+    sinkhorn(y).sum().backward()
+    assert y.grad.abs().max() < 1e-2 * x.grad.abs().max()
+
+
+def test_n1_is_exactly_one():
+    assert torch.equal(sinkhorn(_logits(5, 1, 1)), torch.ones(5, 1, 1))
