@@ -1,0 +1,93 @@
+"""Forward+backward step time of HC and mHC relative to the residual baseline, same model otherwise.
+
+    python -m benchmarks.step_time [--scale tiny] [--batch 8] [--seq 128] [--steps 20] [--device cpu]
+
+Runs the three archs interleaved (round-robin, so drift in machine load hits all three alike), reports
+the median step time of each and the ratios HC / baseline and mHC / baseline, and prints a markdown
+row for BENCHMARKS.md with the date and machine. The connections run on the pure-PyTorch reference
+path (eager, 20 unrolled Sinkhorn iterations per sub-layer); fused kernels are issue 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from models.registry import model_config
+from models.transformer import Transformer
+
+ARCHS = ("baseline", "hc", "mhc")
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def step(model: Transformer, tokens: torch.Tensor) -> None:
+    logits = model(tokens[:, :-1])
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", default="tiny")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    models = {}
+    for arch in ARCHS:
+        torch.manual_seed(0)
+        cfg = model_config(args.scale, arch)
+        models[arch] = Transformer(cfg).to(device)
+    vocab = models["baseline"].cfg.vocab_size
+    tokens = torch.randint(0, vocab, (args.batch, args.seq + 1), device=device)
+
+    times: dict[str, list[float]] = {a: [] for a in ARCHS}
+    for i in range(args.warmup + args.steps):
+        for arch in ARCHS:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step(models[arch], tokens)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times[arch].append(time.perf_counter() - t0)
+
+    med = {a: statistics.median(t) for a, t in times.items()}
+    print(f"scale={args.scale} batch={args.batch} seq={args.seq} steps={args.steps} device={device} ({machine()})")
+    for arch in ARCHS:
+        print(f"  {arch:8s} median {med[arch] * 1e3:8.2f} ms/step   ratio vs baseline {med[arch] / med['baseline']:.3f}")
+    date = datetime.date.today().isoformat()
+    print("markdown row:")
+    print(
+        f"| {date} | {machine()} | {args.scale} | {args.batch}x{args.seq} | "
+        f"{med['baseline'] * 1e3:.1f} | {med['hc'] * 1e3:.1f} | {med['mhc'] * 1e3:.1f} | "
+        f"{med['hc'] / med['baseline']:.2f} | {med['mhc'] / med['baseline']:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
