@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     med = {a: statistics.median(t) for a, t in times.items()}
     print(f"scale={args.scale} batch={args.batch} seq={args.seq} steps={args.steps} device={device} ({machine()})")
     for arch in ARCHS:
-        print(f"  {arch:8s} median {med[arch] * 1e3:8.2f} ms/step   ratio vs baseline {med[arch] / med['baseline']:.3f}")
+        ratio = med[arch] / med["baseline"]
+        print(f"  {arch:8s} median {med[arch] * 1e3:8.2f} ms/step   ratio vs baseline {ratio:.3f}")
     date = datetime.date.today().isoformat()
     print("markdown row:")
     print(

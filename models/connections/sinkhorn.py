@@ -8,8 +8,10 @@ Numerics: the per-matrix maximum is subtracted before exp (exact: Sinkhorn is in
 factor). `eps` (default 0, as in the paper; DeepSeek-V4's code uses 1e-6) is added to every
 denominator, and every denominator is floored at the dtype's smallest normal number, so that a column
 that underflows entirely (logit spread > ~87 in float32) gives zeros instead of 0/0 = NaN; in normal
-operation the floor never binds and the result is exactly Eq. 9. The backward is plain autograd through the unrolled iterations, i.e. the exact gradient of
-the truncated map (not an implicit-function approximation).
+operation the floor never binds and the result is exactly Eq. 9.
+
+The backward is plain autograd through the unrolled iterations, i.e. the exact gradient of the truncated
+map (not an implicit-function approximation).
 """
 
 from __future__ import annotations
