@@ -83,6 +83,14 @@ class ConnectionConfig:
     pre_eps: float = 0.0  # added to sigma(.) of H_pre
     sinkhorn_eps: float = 0.0  # added to every Sinkhorn denominator
 
+    # ---- kernels and memory (issue 3) ----
+    # "auto": fused Triton kernels on CUDA, PyTorch reference elsewhere; "reference"; "triton".
+    kernels: Literal["auto", "reference", "triton"] = "auto"
+    # Block recomputation (paper section 4.3.2, Table 3): keep only the first stream state of every block of
+    # `recompute_layers` sub-layers and recompute the connection intermediates in backward.
+    # 0 = off; -1 = the paper's optimum L_r* = round(sqrt(n L / (n + 2))) with L the number of sub-layers.
+    recompute_layers: int = 0
+
     # ---- HC (HC paper Eq. 8-14, Algorithm 2) and the mHC paper's Table 1 ablation ----
     hc_dynamic: bool = True  # False = static HC (SHC)
     hc_tanh: bool = True  # False = "DHC w/o tanh"
@@ -222,16 +230,41 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"connection.arch: {conn.arch!r} is not one of {list(ARCHS)}")
     if conn.n < 1:
         raise ConfigError(f"connection.n must be >= 1, got {conn.n}")
+    default = ConnectionConfig()
+    hc_only = ("learn_res", "learn_pre", "learn_post", "hc_dynamic", "hc_tanh")
+    mhc_only = ("sinkhorn_iters", "bias_init", "identity_logit", "pre_eps", "sinkhorn_eps", "phi_init_std")
+    for names, arch in ((hc_only, "hc"), (mhc_only, "mhc")):
+        for name in names:
+            if conn.arch != arch and getattr(conn, name) != getattr(default, name):
+                raise ConfigError(f"connection.{name} applies to arch '{arch}' only (arch is '{conn.arch}')")
+    if conn.kernels not in ("auto", "reference", "triton"):
+        raise ConfigError(f"connection.kernels: {conn.kernels!r} is not one of ['auto', 'reference', 'triton']")
+    if conn.recompute_layers < -1:
+        raise ConfigError(f"connection.recompute_layers must be -1 (auto), 0 (off) or > 0, got {conn.recompute_layers}")
     if conn.sinkhorn_iters < 1:
         raise ConfigError(f"connection.sinkhorn_iters must be >= 1, got {conn.sinkhorn_iters}")
     if att.qk_rope_dim % 2:
         raise ConfigError(f"attention.qk_rope_dim must be even, got {att.qk_rope_dim}")
+    if ffn.n_dense_layers > cfg.n_layers:
+        raise ConfigError(f"ffn.n_dense_layers ({ffn.n_dense_layers}) exceeds n_layers ({cfg.n_layers})")
     if ffn.kind == "moe":
         moe = ffn.moe
         if not 1 <= moe.n_active <= moe.n_routed:
             raise ConfigError(f"ffn.moe.n_active must be in [1, n_routed={moe.n_routed}], got {moe.n_active}")
-        if ffn.n_dense_layers > cfg.n_layers:
-            raise ConfigError(f"ffn.n_dense_layers ({ffn.n_dense_layers}) exceeds n_layers ({cfg.n_layers})")
-    for name in ("vocab_size", "dim", "n_layers", "max_seq_len"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    positive = {
+        "vocab_size": cfg.vocab_size,
+        "dim": cfg.dim,
+        "n_layers": cfg.n_layers,
+        "max_seq_len": cfg.max_seq_len,
+        "attention.n_heads": att.n_heads,
+        "attention.qk_nope_dim": att.qk_nope_dim,
+        "attention.qk_rope_dim": att.qk_rope_dim,
+        "attention.v_dim": att.v_dim,
+        "attention.kv_rank": att.kv_rank,
+        "ffn.dense_dim": ffn.dense_dim,
+        "ffn.moe.expert_dim": ffn.moe.expert_dim,
+        "ffn.moe.n_routed": ffn.moe.n_routed,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")

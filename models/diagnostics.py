@@ -79,6 +79,11 @@ def amax_gain(H: list[torch.Tensor], reduce: str = "token") -> dict[str, list[fl
     """
     if reduce not in ("token", "matrix"):
         raise ValueError(f"reduce must be 'token' or 'matrix', got {reduce!r}")
+    for h in H:
+        if h.dim() == 4 and h.shape[0] != 1 or h.dim() not in (3, 4):
+            raise ValueError(
+                f"amax_gain takes one sequence: H_res of shape [T, n, n] or [1, T, n, n], got {tuple(h.shape)}"
+            )
     mats = [h.reshape(-1, *h.shape[-2:]).double() for h in H]
     result: dict[str, list[float]] = {}
     for kind, seq in (("single", mats), ("composite", composite_products(mats))):

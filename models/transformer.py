@@ -61,11 +61,14 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """N(0, init_std) for every linear and embedding weight; norms to one; each connection and MoE
-        resets its own parameters (connections know their paper-specific init). On the meta device
-        (parameter counting) there is nothing to initialise; `to_empty()` + `init_weights()` materialises."""
+        """N(0, init_std) for every linear and embedding weight; norms to one; each connection resets its own
+        parameters (connections know their paper-specific init); buffers recomputed. On the meta device
+        (parameter counting) there is nothing to initialise: `model.to_empty(device=...)` followed by
+        `model.init_weights()` materialises a meta-built model."""
         if self.head.weight.is_meta:
             return
+        att = self.cfg.attention
+        self.rope.copy_(rope_frequencies(att.qk_rope_dim, self.cfg.max_seq_len, att.rope_theta, self.rope.device))
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=self.cfg.init_std)
@@ -73,6 +76,7 @@ class Transformer(nn.Module):
                 module.weight.fill_(1.0)
             elif isinstance(module, MoE):
                 module.balance_bias.zero_()
+                module.load.zero_()
         for module in self.connections():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from models.config import ConnectionConfig
-from models.connections import HyperConnection, ManifoldHyperConnection, post_res_mix, pre_mix, sinkhorn
+from models.connections import HyperConnection, ManifoldHyperConnection, sinkhorn
 from models.diagnostics import capture_mappings
+from models.kernels.reference import post_res_mix, pre_mix
 from models.transformer import Transformer
 from tests.helpers import tiny_config
 

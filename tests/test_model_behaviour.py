@@ -127,3 +127,81 @@ def test_each_arch_overfits_one_batch(arch):
     losses = _train(model, tokens, steps=60, lr=1e-2)
     assert losses[0] > 5.0
     assert losses[-1] < 0.5, losses[-5:]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_meta_build_then_materialise_matches_eager(arch):
+    cfg = tiny_config(arch, moe=True)
+    eager = Transformer(cfg).eval()
+    with torch.device("meta"):
+        lazy = Transformer(cfg)
+    lazy.to_empty(device="cpu")
+    lazy.init_weights()
+    lazy.load_state_dict(eager.state_dict())
+    lazy.eval()
+    torch.testing.assert_close(lazy.rope, eager.rope)
+    assert all(m.load.sum() == 0 for m in lazy.moe_layers())
+    tokens = torch.randint(0, 256, (2, 12))
+    torch.testing.assert_close(lazy(tokens), eager(tokens))
+
+
+@pytest.mark.parametrize("arch", ["hc", "mhc"])
+def test_autocast_keeps_coefficients_and_streams_in_float32(arch):
+    """Under bf16 autocast only F runs in bf16: the mappings and the stream mixes stay float32."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(arch)).eval()
+    with torch.no_grad():  # make the coefficients input-dependent and the mixing non-trivial
+        for name, p in model.named_parameters():
+            if "connection" in name and ("dynamic_" in name or "phi" in name) and not name.endswith("_scale"):
+                p.normal_(std=0.3)
+    conn = model.connections()[1]
+    x = 50 * torch.randn(2, 5, 4, model.cfg.dim)  # large values: bf16 rounding would show
+    ref = conn.mappings(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conn(x, lambda u: torch.zeros_like(u))
+        with capture_mappings(model) as rec:
+            model(torch.randint(0, 256, (1, 6)))
+    assert out.dtype == torch.float32
+    H_pre, H_post, H_res = ref
+    expected = torch.einsum("...ij,...jc->...ic", H_res, x)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-5)
+    assert all(r["H_res"].dtype == torch.float32 for r in rec)
+
+
+def test_hc_dynamic_pre_and_post_come_from_their_own_stream():
+    from models.config import ConnectionConfig
+    from models.connections import HyperConnection
+
+    conn = HyperConnection(ConnectionConfig(arch="hc", n=3, hc_tanh=False), dim=5, index=1, norm_eps=1e-6)
+    with torch.no_grad():
+        conn.dynamic_pre.normal_()
+        conn.dynamic_post.normal_()
+        conn.dynamic_alpha_scale.fill_(1.0)
+        conn.dynamic_beta_scale.fill_(1.0)
+    x = torch.randn(3, 5)
+    H_pre, H_post, _ = conn.mappings(x)
+    normed = conn.norm(x)
+    torch.testing.assert_close(H_pre, torch.eye(3)[1] + (normed @ conn.dynamic_pre).squeeze(-1))
+    torch.testing.assert_close(H_post, 1 + normed @ conn.dynamic_post)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    from models.layers import apply_rope, rope_frequencies
+
+    table = rope_frequencies(16, 64, 10000.0)
+    q, k = torch.randn(16), torch.randn(16)
+
+    def score(i, j):
+        return (apply_rope(q[None], table[i : i + 1]) * apply_rope(k[None], table[j : j + 1])).sum().item()
+
+    assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
+
+
+def test_mean_and_sum_collapse_agree_through_the_final_norm():
+    torch.manual_seed(0)
+    a = Transformer(tiny_config("mhc", collapse="sum")).eval()
+    b = Transformer(tiny_config("mhc", collapse="mean")).eval()
+    b.load_state_dict(a.state_dict())
+    tokens = torch.randint(0, 256, (2, 8))
+    torch.testing.assert_close(a(tokens), b(tokens), atol=1e-5, rtol=1e-5)

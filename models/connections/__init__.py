@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from ..config import ConnectionConfig
+from ..kernels.sinkhorn import sinkhorn
 from .base import Connection, StreamConnection
 from .hc import HyperConnection
 from .mhc import ManifoldHyperConnection
-from .ops import post_res_mix, pre_mix
 from .residual import Residual
-from .sinkhorn import sinkhorn
 
 # arch name -> connection class. A new variant registers itself here.
 CONNECTIONS: dict[str, type[Connection]] = {
@@ -38,7 +37,5 @@ __all__ = [
     "StreamConnection",
     "build_connection",
     "connection_class",
-    "post_res_mix",
-    "pre_mix",
     "sinkhorn",
 ]

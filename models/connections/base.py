@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..config import ConnectionConfig
-from .ops import post_res_mix, pre_mix
+from ..kernels import get_ops
 
 SubLayer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,12 +72,16 @@ class StreamConnection(Connection):
         raise NotImplementedError
 
     def forward(self, state: torch.Tensor, sublayer: SubLayer) -> torch.Tensor:
-        H_pre, H_post, H_res = self.mappings(state)
-        self._keep(H_pre, H_post, H_res)
-        # Coefficients are computed in float32 and applied in the activation dtype (they are bounded).
-        dtype = state.dtype
-        y = sublayer(pre_mix(state, H_pre.to(dtype)))
-        return post_res_mix(state, H_res.to(dtype), H_post.to(dtype), y)
+        ops = get_ops(self.cfg.kernels, state.device)
+        # Autocast would run the coefficient matmuls and the stream mixes in bf16 and re-round the residual
+        # streams every sub-layer (the baseline's `x + F(x)` stays float32): keep it for F only.
+        with torch.autocast(state.device.type, enabled=False):
+            H_pre, H_post, H_res = self.mappings(state)
+            self._keep(H_pre, H_post, H_res)
+            u = ops.pre_mix(state, H_pre)
+        y = sublayer(u)
+        with torch.autocast(state.device.type, enabled=False):
+            return ops.post_res_mix(state, H_res, H_post, y)
 
     @staticmethod
     def expand(h: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..config import ConnectionConfig
+from ..kernels import get_ops
 from .base import StreamConnection
-from .sinkhorn import sinkhorn
 
 
 class ManifoldHyperConnection(StreamConnection):
@@ -49,15 +49,9 @@ class ManifoldHyperConnection(StreamConnection):
             self.bias[2 * n :] = (cfg.identity_logit * torch.eye(n)).flatten()
 
     def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = self.cfg.n
-        xf = x.flatten(-2).float()
-        inv_rms = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        h = (xf @ self.phi.float()) * inv_rms
-        a = self.alpha.float()
-        b = self.bias.float()
-        h_pre, h_post, h_res = h.split([n, n, n * n], dim=-1)
-        H_pre = torch.sigmoid(a[0] * h_pre + b[:n]) + self.cfg.pre_eps
-        H_post = 2.0 * torch.sigmoid(a[1] * h_post + b[n : 2 * n])
-        logits = (a[2] * h_res + b[2 * n :]).unflatten(-1, (n, n))
-        H_res = sinkhorn(logits, self.cfg.sinkhorn_iters, self.cfg.sinkhorn_eps)
-        return H_pre, H_post, H_res
+        cfg = self.cfg
+        ops = get_ops(cfg.kernels, x.device)
+        hh, inv_rms = ops.proj_rms(x.flatten(-2), self.phi, self.norm_eps)  # (a) Eq. 14-15
+        return ops.coefficients(  # (b)+(c) Eq. 16-19
+            hh, inv_rms, self.alpha, self.bias, cfg.n, cfg.sinkhorn_iters, cfg.pre_eps, cfg.sinkhorn_eps
+        )
