@@ -93,3 +93,26 @@ def amax_gain(H: list[torch.Tensor], reduce: str = "token") -> dict[str, list[fl
             for key, value in gains(P).items():
                 result.setdefault(f"{kind}_{key}", []).append(value.mean().item())
     return result
+
+
+@contextmanager
+def saved_activation_bytes(model: torch.nn.Module) -> Iterator[dict[str, int]]:
+    """Count the bytes autograd saves for backward during the block, split into the connections' own ops
+    ("connection") and everything else ("other": F, embedding, head). Each storage is counted once, by the
+    first op that saves it; the model's parameters are excluded (they are not activations)."""
+    from .connections.base import in_connection_ops
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    counts = {"connection": 0, "other": 0}
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in params and ptr not in seen:
+            seen.add(ptr)
+            counts["connection" if in_connection_ops() else "other"] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield counts

@@ -13,7 +13,8 @@ from torch import nn
 
 from .attention import LayerKVCache, MultiHeadLatentAttention
 from .config import ModelConfig, validate_model_config
-from .connections import Connection, build_connection, connection_class
+from .connections import Connection, StreamConnection, build_connection, connection_class
+from .connections.recompute import RecomputeBlock, optimal_block
 from .layers import RMSNorm, SwiGLU, rope_frequencies
 from .moe import MoE
 
@@ -108,11 +109,30 @@ class Transformer(nn.Module):
         if start_pos + T > self.cfg.max_seq_len:
             raise ValueError(f"positions up to {start_pos + T} exceed max_seq_len={self.cfg.max_seq_len}")
         rope = self.rope[start_pos : start_pos + T]
+        self._assign_recompute_blocks()
         state = self.connection_cls.expand(self.embed(tokens), self.cfg.connection)
         for i, block in enumerate(self.blocks):
             state = block(state, rope, None if cache is None else cache[i], start_pos)
         h = self.connection_cls.collapse(state, self.cfg.connection)
         return self.head(self.norm(h))
+
+    def recompute_block_size(self) -> int:
+        """L_r in sub-layers (0 = recomputation off); -1 in the config means Eq. 20's optimum."""
+        conn = self.cfg.connection
+        if conn.recompute_layers == 0 or not issubclass(self.connection_cls, StreamConnection):
+            return 0
+        if conn.recompute_layers == -1:
+            return optimal_block(conn.n, 2 * self.cfg.n_layers)
+        return conn.recompute_layers
+
+    def _assign_recompute_blocks(self) -> None:
+        """Fresh RecomputeBlock objects for this pass: connection i sits at (block i // L_r, slot i % L_r)."""
+        size = self.recompute_block_size()
+        if not size:
+            return
+        blocks: dict[int, RecomputeBlock] = {}
+        for i, conn in enumerate(self.connections()):
+            conn.recompute_slot = (blocks.setdefault(i // size, RecomputeBlock()), i % size)
 
     @torch.no_grad()
     def update_balance_biases(self) -> None:

@@ -18,7 +18,8 @@ Diagnostics: a connection with `capture = True` keeps its last mappings (float32
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -27,6 +28,26 @@ from ..config import ConnectionConfig
 from ..kernels import get_ops
 
 SubLayer = Callable[[torch.Tensor], torch.Tensor]
+
+# True while a connection runs its own ops (not F): lets diagnostics attribute saved activations.
+_IN_CONNECTION = [False]
+
+
+def in_connection_ops() -> bool:
+    return _IN_CONNECTION[0]
+
+
+@contextmanager
+def connection_ops(device_type: str) -> Iterator[None]:
+    """Region of a connection's own ops: autocast off (the mappings and stream mixes stay float32 when the
+    streams are float32, while F keeps the caller's autocast) and marked for saved-tensor accounting."""
+    previous = _IN_CONNECTION[0]
+    _IN_CONNECTION[0] = True
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        _IN_CONNECTION[0] = previous
 
 
 class Connection(nn.Module):
@@ -71,16 +92,24 @@ class StreamConnection(Connection):
         """x: [..., n, C] -> float32 (H_pre [..., n], H_post [..., n], H_res [..., n, n]), per token."""
         raise NotImplementedError
 
+    # Set by the model for each forward pass when block recomputation is on: (block, position in block).
+    recompute_slot: tuple | None = None
+
     def forward(self, state: torch.Tensor, sublayer: SubLayer) -> torch.Tensor:
+        if self.recompute_slot is not None and torch.is_grad_enabled():
+            from .recompute import recomputed_forward
+
+            block, k = self.recompute_slot
+            return recomputed_forward(self, state, sublayer, block, k)
         ops = get_ops(self.cfg.kernels, state.device)
         # Autocast would run the coefficient matmuls and the stream mixes in bf16 and re-round the residual
         # streams every sub-layer (the baseline's `x + F(x)` stays float32): keep it for F only.
-        with torch.autocast(state.device.type, enabled=False):
+        with connection_ops(state.device.type):
             H_pre, H_post, H_res = self.mappings(state)
             self._keep(H_pre, H_post, H_res)
             u = ops.pre_mix(state, H_pre)
         y = sublayer(u)
-        with torch.autocast(state.device.type, enabled=False):
+        with connection_ops(state.device.type):
             return ops.post_res_mix(state, H_res, H_post, y)
 
     @staticmethod
