@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 ARCHS = ("baseline", "hc", "mhc")
 
@@ -130,7 +131,8 @@ class TrainConfig:
     eps: float = 1e-20  # Table 5 "AdamW eps" (sic)
     weight_decay: float = 0.1
     decay_at: tuple[float, ...] = (0.8, 0.9)  # fractions of training where the LR steps down
-    decay_rates: tuple[float, ...] = (0.316, 0.1)  # cumulative multipliers applied at those points
+    # LR as a fraction of `lr` from each decay point on (DeepSeek-LLM: 31.6% after 80%, 10% after 90%)
+    decay_rates: tuple[float, ...] = (0.316, 0.1)
 
     @property
     def tokens(self) -> int:
@@ -142,6 +144,15 @@ T = TypeVar("T")
 
 def _convert(value: Any, hint: Any, path: str) -> Any:
     origin = get_origin(hint)
+    if origin in (Union, types.UnionType):  # Optional[X] / X | None
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if value is None and len(args) < len(get_args(hint)):
+            return None
+        return _convert(value, args[0], path) if len(args) == 1 else value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return value
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value

@@ -197,7 +197,7 @@ register(
     Scale(
         "tiny",
         ModelConfig(
-            vocab_size=256,
+            vocab_size=512,
             dim=64,
             n_layers=2,
             max_seq_len=128,

@@ -1,0 +1,142 @@
+"""Checkpoints without pickle: tensors in safetensors, everything else in a JSON sidecar.
+
+A checkpoint is a directory `RUN_DIR/checkpoints/step_XXXXXXX/` holding
+- `state.safetensors`: the model state (`model.*`), the AdamW moments (`optim.<i>.<key>`) and the CPU RNG
+  state (`rng.torch`);
+- `state.json`: step, config, data-loader state, optimizer hyper-parameters, the sha256 of
+  `state.safetensors`, the data manifest checksums, git sha, versions.
+It is written to a temporary directory and renamed into place, then `checkpoints/latest` (a one-line text
+file) is replaced atomically, so a crash at any moment leaves the previous checkpoint intact. Loading checks
+the sha256 first: a truncated or corrupted file is a `CheckpointError` naming the file, never a half-loaded
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .data import sha256_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted or does not belong to this run."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sidecar: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint `step` under `root` (= RUN_DIR/checkpoints) and keep only the newest `keep`."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:07d}."))
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optim_tensors, optim_meta = _optimizer_tensors(optimizer)
+    tensors.update(optim_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, tmp / "state.safetensors")
+    meta = dict(sidecar, step=step, optimizer=optim_meta, state_sha256=sha256_file(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", final.name + "\n")
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(sidecar, tensors) of a checkpoint directory, after checking the tensors' sha256."""
+    sidecar_path, tensor_path = path / "state.json", path / "state.safetensors"
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint sidecar {sidecar_path} is unreadable: {err}") from None
+    if not tensor_path.is_file():
+        raise CheckpointError(f"checkpoint file {tensor_path} is missing")
+    actual = sha256_file(tensor_path)
+    if actual != sidecar.get("state_sha256"):
+        raise CheckpointError(
+            f"checkpoint file {tensor_path} is corrupted: sha256 {actual}, expected {sidecar.get('state_sha256')}"
+        )
+    try:
+        tensors = load_file(tensor_path)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"checkpoint file {tensor_path} cannot be read: {err}") from None
+    return sidecar, tensors
+
+
+def restore(
+    sidecar: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load model, optimizer and RNG state from `read_checkpoint`'s output (strict: every key must match)."""
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint does not fit this model: {err}") from None
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": sidecar["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+
+
+def save_model(path: Path, model: torch.nn.Module, sidecar: dict[str, Any]) -> None:
+    """The final model: `model.safetensors` + `model.json` (config and provenance), written atomically."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.")
+    os.close(fd)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    meta = dict(sidecar, sha256=sha256_file(tmp))
+    os.replace(tmp, path / "model.safetensors")
+    atomic_write_text(path / "model.json", json.dumps(meta, indent=1, sort_keys=True))

@@ -1,0 +1,553 @@
+"""Training: `python -m models.train --config FILE [--set key=value ...] --out RUN_DIR`.
+
+One command trains one (scale, arch, seed) run and is safe to rerun: it resumes exactly from the last
+checkpoint (same batches, same optimizer state, same RNG), and on the CPU the resumed loss curve is bit for
+bit the uninterrupted one. What it writes in RUN_DIR:
+
+- `metrics.jsonl`: the source of truth, one JSON line per logged step: step, tokens, loss, lr, grad_norm,
+  step_time_s, tokens_per_s, epoch; val_loss at evaluation steps; for HC/mHC the Amax gain summaries
+  (max over sub-layers of the single-layer and composite forward/backward gains, min column sum) at
+  `run.diag_interval`. Full per-sub-layer Amax curves go to `diagnostics.jsonl`.
+- `status.json`: running | completed | diverged | failed, with the reason.
+- `checkpoints/` (see models/checkpoint.py) and, at the end, `model/model.safetensors` + `model/model.json`.
+
+A non-finite loss or gradient norm ends the run as `diverged` with exit code 0 (a result, not a crash); the
+metrics of the last finite step are kept. Bad input (an unknown config key, a shard whose sha256 does not
+match its manifest, a corrupted checkpoint) is an error naming the problem, exit code 2, before anything is
+written to RUN_DIR.
+
+Multi-process: run under `torchrun --nproc-per-node N`; every rank draws its slice of each global batch, DDP
+averages the gradients, rank 0 writes the files. The global batch (`train.batch_size`) stays the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    latest_checkpoint,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+    save_model,
+)
+from .config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict, validate_model_config
+from .data import (
+    DataError,
+    build_shards,
+    load_shard,
+    read_manifest,
+    resolve_data_root,
+    train_tokenizer,
+    val_batches,
+)
+from .data import TokenLoader as _TokenLoader
+from .diagnostics import amax_gain, capture_mappings
+from .registry import get_scale
+from .transformer import Transformer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # data root (SPEC section 10); None: $MHC_DATA_ROOT, else ../shared/data
+    shards_dir: str | None = None  # tokenizer + shards cache; None: results/data/bpe<vocab>[-docs<max_docs>]
+    max_docs: int | None = None  # use only the first documents of the corpus (smoke runs)
+    val_fraction: float = 0.01
+
+
+@dataclass
+class RunOptions:
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast for F; connections stay float32
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    micro_batch: int = 0  # sequences per forward/backward (gradient accumulation); 0 = the whole batch
+    eval_interval: int = 50
+    eval_batches: int = 4
+    log_interval: int = 1
+    diag_interval: int = 50  # Amax diagnostics (HC/mHC); 0 = off
+    ckpt_interval: int = 100
+    keep_checkpoints: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = False
+    tracking_uri: str = "sqlite:///results/mlflow.db"
+    experiment: str = "mhc-replication"
+
+
+@dataclass
+class RunConfig:
+    scale: str = "tiny"
+    arch: Literal["baseline", "hc", "mhc"] = "baseline"
+    seed: int = 0
+    model: dict = field(default_factory=dict)  # overrides of the scale's model config
+    train: dict = field(default_factory=dict)  # overrides of the scale's optimiser/schedule config
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunOptions = field(default_factory=RunOptions)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve(cfg: RunConfig) -> tuple[ModelConfig, TrainConfig]:
+    """The scale's model and train configs with this run's overrides and arch, validated."""
+    scale = get_scale(cfg.scale)
+    model_dict = _merge(to_dict(scale.model), cfg.model)
+    model_dict["connection"] = dict(model_dict.get("connection", {}), arch=cfg.arch)
+    model = from_dict(ModelConfig, model_dict, _path="model")
+    validate_model_config(model)
+    train = from_dict(TrainConfig, _merge(to_dict(scale.train), cfg.train), _path="train")
+    if train.seq_len > model.max_seq_len:
+        raise ConfigError(f"train.seq_len ({train.seq_len}) exceeds model.max_seq_len ({model.max_seq_len})")
+    return model, train
+
+
+def set_nested(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part, {}), dict):
+            raise ConfigError(f"cannot set '{dotted}': '{part}' is not a mapping")
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        set_nested(data, key, yaml.safe_load(raw))
+    return from_dict(RunConfig, data)
+
+
+def lr_at(step: int, train: TrainConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warm-up, then Table 5's step decay."""
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    frac = step / max(1, train.steps)
+    scale = 1.0
+    for at, rate in zip(train.decay_at, train.decay_rates, strict=True):
+        if frac >= at:
+            scale = rate
+    return train.lr * scale
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases, gating scalars, MoE biases or HC's static maps
+    (the HC paper decays only the dynamic parameters)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or "static_" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of everything that determines the numbers (not logging, progress or tracking settings)."""
+    data = to_dict(cfg)
+    for key in ("progress", "log_interval", "threads"):
+        data["run"].pop(key, None)
+    data.pop("tracking", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device_pref == "auto":
+        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if world == 1:
+        return Dist(), torch.device(device_pref)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_pref.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend=backend)
+    return Dist(dist.get_rank(), world, local), device
+
+
+def prepare_data(cfg: RunConfig, vocab_size: int, show: bool) -> tuple[Path, dict]:
+    """Tokenizer and shards for this vocabulary, built once and then reused (sha256-checked on load)."""
+    d = cfg.data
+    shards = Path(d.shards_dir) if d.shards_dir else REPO_ROOT / "results" / "data" / (
+        f"bpe{vocab_size}" + (f"-docs{d.max_docs}" if d.max_docs else "")
+    )  # fmt: skip
+    if not (shards / "manifest.json").is_file():
+        corpus = resolve_data_root(d.root) / "corpus"
+        if not corpus.is_dir():
+            raise DataError(f"corpus directory {corpus} does not exist")
+        shards.mkdir(parents=True, exist_ok=True)
+        lock = shards / ".build.lock"
+        import fcntl
+
+        with open(lock, "w") as fh:  # concurrent jobs: one builds, the others wait and reuse
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            if not (shards / "manifest.json").is_file():
+                tok_path = shards / "tokenizer.json"
+                tokenizer = train_tokenizer(corpus, vocab_size, tok_path, max_docs=d.max_docs)
+                build_shards(corpus, tokenizer, shards, val_fraction=d.val_fraction, max_docs=d.max_docs)
+    manifest = read_manifest(shards)
+    if manifest.get("vocab_size", 0) > vocab_size:
+        raise DataError(f"tokenizer in {shards} has {manifest['vocab_size']} tokens; the model only {vocab_size}")
+    return shards, manifest
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.model_cfg, self.train_cfg = resolve(cfg)
+        self.dist, self.device = init_distributed(cfg.run.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        t = self.train_cfg
+        if t.batch_size % self.dist.world:
+            raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the {self.dist.world} ranks")
+        self.local_batch = t.batch_size // self.dist.world
+        self.micro = cfg.run.micro_batch or self.local_batch
+        if self.local_batch % self.micro:
+            raise ConfigError(f"run.micro_batch ({self.micro}) must divide the per-rank batch ({self.local_batch})")
+
+        # Everything that can fail on bad input happens before RUN_DIR is touched.
+        self.shards, self.manifest = prepare_data(cfg, self.model_cfg.vocab_size, self.dist.main)
+        self.train_tokens = load_shard(self.shards, "train")
+        self.val_tokens = load_shard(self.shards, "val")
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.model = Transformer(self.model_cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps, fused=False
+        )
+        self.loader = _TokenLoader(
+            self.train_tokens, self.local_batch, t.seq_len, cfg.seed, self.dist.rank, self.dist.world
+        )
+        self.val = val_batches(self.val_tokens, min(self.local_batch, 8), t.seq_len, cfg.run.eval_batches)
+        self.step = 0
+        self.hash = config_hash(cfg)
+        ckpt = latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
+        if ckpt is not None:
+            sidecar, tensors = read_checkpoint(ckpt)
+            if sidecar.get("config_hash") != self.hash:
+                raise CheckpointError(
+                    f"{ckpt} was written by a different configuration (config hash {sidecar.get('config_hash')}, "
+                    f"this run {self.hash}); use another --out"
+                )
+            restore(sidecar, tensors, self.model, self.optimizer)
+            self.loader.load_state_dict(sidecar["loader"])
+            self.step = sidecar["step"]
+        self.ddp = self.model
+        if self.dist.world > 1:
+            moe = self.model_cfg.ffn.kind == "moe"
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=moe)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if cfg.run.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+
+    # ---- files -------------------------------------------------------------------------------------
+    def write_status(self, status: str, reason: str = "", **extra: Any) -> None:
+        if self.dist.main:
+            payload = {"status": status, "reason": reason, "step": self.step, "updated": time.time(), **extra}
+            atomic_write_text(self.out / "status.json", json.dumps(payload, indent=1) + "\n")
+
+    def _trim_log(self, name: str) -> None:
+        """Drop records past the resumed step (written after the last checkpoint by an interrupted run)."""
+        path = self.out / name
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    def append(self, name: str, record: dict) -> None:
+        if self.dist.main:
+            with open(self.out / name, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def sidecar(self) -> dict[str, Any]:
+        return {
+            "config": to_dict(self.cfg),
+            "model_config": to_dict(self.model_cfg),
+            "train_config": to_dict(self.train_cfg),
+            "config_hash": self.hash,
+            "loader": self.loader.state_dict(),
+            "git_sha": git_sha(),
+            "data": {
+                "shards": str(self.shards),
+                "sha256": {k: v["sha256"] for k, v in self.manifest["shards"].items()},
+                "tokenizer_sha256": self.manifest.get("tokenizer_sha256"),
+            },
+            "torch": torch.__version__,
+        }
+
+    def checkpoint(self) -> None:
+        if self.dist.main:
+            save_checkpoint(
+                self.out / "checkpoints",
+                self.step,
+                self.model,
+                self.optimizer,
+                self.sidecar(),
+                keep=self.cfg.run.keep_checkpoints,
+            )
+
+    # ---- measurements ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in self.val:
+            batch = batch.to(self.device)
+            with self.autocast:
+                logits = self.model(batch[:, :-1])
+            total += F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+            count += batch[:, 1:].numel()
+        self.model.train()
+        return total / count
+
+    @torch.no_grad()
+    def amax(self) -> dict[str, Any] | None:
+        """Amax gains on the first validation sequence (SPEC section 3), or None for the baseline."""
+        if self.model_cfg.connection.arch == "baseline":
+            return None
+        self.model.eval()
+        seq = self.val[0][:1, :-1].to(self.device)
+        with capture_mappings(self.model) as records, self.autocast:
+            self.model(seq)
+        self.model.train()
+        curves = amax_gain([r["H_res"][0] for r in records])
+        return curves
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float]:
+        """One optimiser step over the global batch; returns (mean loss, grad norm before clipping)."""
+        batch = self.loader.next_batch().to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        n_micro = self.local_batch // self.micro
+        loss_sum = torch.zeros((), device=self.device)
+        for i in range(n_micro):
+            part = batch[i * self.micro : (i + 1) * self.micro]
+            sync = contextlib.nullcontext()
+            if self.dist.world > 1 and i < n_micro - 1:
+                sync = self.ddp.no_sync()
+            with sync:
+                with self.autocast:
+                    logits = self.ddp(part[:, :-1])
+                loss = F.cross_entropy(logits.float().flatten(0, 1), part[:, 1:].flatten()) / n_micro
+                loss.backward()
+            loss_sum += loss.detach()
+        if self.dist.world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            for moe in self.model.moe_layers():
+                dist.all_reduce(moe.load)  # balance on the global load
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.cfg.run.grad_clip if self.cfg.run.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        return loss_sum.item(), grad_norm.item()
+
+    def run(self) -> int:
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._trim_log("metrics.jsonl")
+            self._trim_log("diagnostics.jsonl")
+            (self.out / "config.json").write_text(json.dumps(self.sidecar(), indent=1, sort_keys=True))
+        self.write_status("running", resumed_from=self.step or None)
+        tracker = None
+        try:
+            tracker = self._make_tracker()
+            status, reason = self._loop(tracker)
+            if status == "completed" and self.dist.main:
+                save_model(self.out / "model", self.model, self.sidecar())
+        except BaseException as err:
+            self.write_status("failed", f"{type(err).__name__}: {err}")
+            if tracker is not None:
+                tracker.finish("failed")
+            raise
+        self.write_status(status, reason)
+        tracker.flush()
+        tracker.finish(status)
+        return 0
+
+    def _make_tracker(self):
+        from .tracking import make_tracker
+
+        cfg, t = self.cfg, self.train_cfg
+        tracker = make_tracker(
+            cfg.tracking.enabled and self.dist.main,
+            tracking_uri=cfg.tracking.tracking_uri,
+            experiment=cfg.tracking.experiment,
+            run_name=self.out.name,
+            params={"config": to_dict(cfg), "model": to_dict(self.model_cfg), "train": to_dict(t)},
+            tags={
+                "arch": cfg.arch,
+                "scale": cfg.scale,
+                "seed": str(cfg.seed),
+                "git_sha": git_sha(),
+                "config_hash": self.hash,
+                "run_dir": str(self.out.resolve()),
+            },
+            resume_run_id=self._tracking_run_id(),
+        )
+        if self.dist.main and cfg.tracking.enabled:
+            atomic_write_text(self.out / "mlflow_run_id", tracker.run_id + "\n")
+        return tracker
+
+    def _loop(self, tracker) -> tuple[str, str]:
+        """Train until `train.steps` or divergence; returns (status, reason)."""
+        cfg, t = self.cfg, self.train_cfg
+        tokens_per_step = t.batch_size * t.seq_len
+        if self.step == 0:
+            self.log({"step": 0, "tokens": 0, "val_loss": self.val_loss()}, tracker)
+            self._diagnostics(tracker)
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            desc=f"{cfg.arch}/{cfg.scale}",
+            disable=not (cfg.run.progress and self.dist.main),
+            unit="step",
+        )
+        with bar:
+            while self.step < t.steps:
+                lr = lr_at(self.step, t)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                start = time.perf_counter()
+                loss, grad_norm = self.train_step()
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    what = "loss" if not math.isfinite(loss) else "gradient norm"
+                    return "diverged", f"non-finite {what} at step {self.step + 1} (loss={loss}, grad_norm={grad_norm})"
+                self.optimizer.step()
+                self.model.update_balance_biases()
+                self.step += 1
+                elapsed = time.perf_counter() - start
+                record: dict[str, Any] = {
+                    "step": self.step,
+                    "tokens": self.step * tokens_per_step,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "step_time_s": elapsed,
+                    "tokens_per_s": tokens_per_step / elapsed,
+                    "epoch": self.loader.epoch,
+                }
+                last = self.step == t.steps
+                if last or (cfg.run.eval_interval and self.step % cfg.run.eval_interval == 0):
+                    record["val_loss"] = self.val_loss()
+                if last or self.step % max(1, cfg.run.log_interval) == 0 or "val_loss" in record:
+                    self.log(record, tracker)
+                if last or (cfg.run.diag_interval and self.step % cfg.run.diag_interval == 0):
+                    self._diagnostics(tracker)
+                if last or (cfg.run.ckpt_interval and self.step % cfg.run.ckpt_interval == 0):
+                    self.checkpoint()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        return "completed", ""
+
+    def _tracking_run_id(self) -> str | None:
+        path = self.out / "mlflow_run_id"
+        return path.read_text().strip() if path.is_file() else None
+
+    def log(self, record: dict[str, Any], tracker) -> None:
+        self.append("metrics.jsonl", record)
+        tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def _diagnostics(self, tracker) -> None:
+        curves = self.amax()
+        if curves is None:
+            return
+        summary = {
+            "step": self.step,
+            "amax_single_fwd": max(curves["single_forward"]),
+            "amax_single_bwd": max(curves["single_backward"]),
+            "amax_composite_fwd": max(curves["composite_forward"]),
+            "amax_composite_bwd": max(curves["composite_backward"]),
+            "amax_composite_min_col": min(curves["composite_min_col"]),
+        }
+        self.append("diagnostics.jsonl", {"step": self.step, **curves})
+        self.append("metrics.jsonl", summary)
+        tracker.log_metrics({k: v for k, v in summary.items() if k != "step"}, step=self.step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML run config (scale, arch, seed, model/train overrides, data, run)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+        trainer = Trainer(cfg, Path(args.out))
+    except (ConfigError, DataError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
