@@ -283,7 +283,8 @@ class Trainer:
         self.loader = _TokenLoader(
             self.train_tokens, self.local_batch, t.seq_len, cfg.seed, self.dist.rank, self.dist.world
         )
-        self.val = val_batches(self.val_tokens, min(self.local_batch, 8), t.seq_len, cfg.run.eval_batches)
+        # The same validation batches on every rank and for any number of ranks (comparable val_loss).
+        self.val = val_batches(self.val_tokens, min(t.batch_size, 8), t.seq_len, cfg.run.eval_batches)
         self.step = 0
         self.hash = config_hash(cfg)
         ckpt = latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
@@ -426,7 +427,10 @@ class Trainer:
                 tracker.finish("failed")
             raise
         self.write_status(status, reason)
-        tracker.flush()
+        if self.dist.main:
+            for name in ("metrics.jsonl", "diagnostics.jsonl", "status.json", "config.json"):
+                if (self.out / name).is_file():
+                    tracker.log_artifact(self.out / name)
         tracker.finish(status)
         return 0
 
@@ -501,6 +505,7 @@ class Trainer:
                     self._diagnostics(tracker)
                 if last or (cfg.run.ckpt_interval and self.step % cfg.run.ckpt_interval == 0):
                     self.checkpoint()
+                    tracker.flush()  # MLflow lags the JSONL by at most one checkpoint interval
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
         return "completed", ""

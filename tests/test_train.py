@@ -1,0 +1,272 @@
+"""The training CLI end to end: metrics, exact resume after SIGKILL, divergence, bad input, DDP, MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from models.data import resolve_data_root
+
+REPO = Path(__file__).resolve().parent.parent
+WALL_CLOCK = ("step_time_s", "tokens_per_s")  # the only fields that may differ between two identical runs
+TRAIN_FIELDS = {"step", "tokens", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "epoch"}
+AMAX_FIELDS = {"amax_single_fwd", "amax_single_bwd", "amax_composite_fwd", "amax_composite_bwd"}
+
+try:
+    CORPUS_ROOT = resolve_data_root(None)
+except Exception:  # noqa: BLE001 - no data root on this machine
+    CORPUS_ROOT = None
+needs_corpus = pytest.mark.skipif(CORPUS_ROOT is None, reason="no data root (../shared/data or MHC_DATA_ROOT)")
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    """Tokenizer + shards from the first 200 corpus documents, built once by the training code itself."""
+    if CORPUS_ROOT is None:
+        pytest.skip("no corpus")
+    out = tmp_path_factory.mktemp("shards")
+    from models.data import build_shards, train_tokenizer
+
+    corpus = CORPUS_ROOT / "corpus"
+    tokenizer = train_tokenizer(corpus, 512, out / "tokenizer.json", max_docs=200)
+    build_shards(corpus, tokenizer, out, max_docs=200)
+    return out
+
+
+def write_config(path: Path, shards: Path, **sections) -> Path:
+    cfg = {
+        "scale": "tiny",
+        "arch": "mhc",
+        "seed": 0,
+        "train": {"steps": 16, "batch_size": 4, "seq_len": 32, "warmup_steps": 2, "lr": 3e-3},
+        "data": {"shards_dir": str(shards)},
+        "run": {"eval_interval": 8, "diag_interval": 8, "ckpt_interval": 4, "progress": False, "threads": 1},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train_cmd(config: Path, out: Path, *overrides: str) -> list[str]:
+    cmd = [sys.executable, "-m", "models.train", "--config", str(config), "--out", str(out)]
+    for item in overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+def run_cli(config: Path, out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(config, out, *overrides), cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_wall_clock(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in records]
+
+
+@needs_corpus
+@pytest.mark.parametrize("arch", ["baseline", "hc", "mhc"])
+def test_cli_run_writes_every_field_and_val_loss_falls(tmp_path, shards, arch):
+    config = write_config(tmp_path / "c.yaml", shards, arch=arch)
+    out = tmp_path / "run"
+    proc = run_cli(config, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "completed"
+    records = metrics(out)
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 17))
+    assert all(TRAIN_FIELDS <= r.keys() for r in steps)
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) == 3 and val[0] > val[1] > val[2], val  # steps 0, 8, 16
+    amax = [r for r in records if "amax_single_fwd" in r]
+    if arch == "baseline":
+        assert amax == []
+    else:
+        assert [r["step"] for r in amax] == [0, 8, 16] and all(AMAX_FIELDS <= r.keys() for r in amax)
+    if arch == "mhc":  # rows of every H_res sum to 1 exactly, so the composite forward gain is 1
+        assert all(abs(r["amax_composite_fwd"] - 1) < 1e-5 for r in amax)
+    assert (out / "model" / "model.safetensors").is_file()
+    sidecar = json.loads((out / "model" / "model.json").read_text())
+    assert sidecar["config"]["arch"] == arch and len(sidecar["sha256"]) == 64
+
+
+@needs_corpus
+def test_sigkill_then_rerun_gives_the_uninterrupted_metrics(tmp_path, shards):
+    config = write_config(tmp_path / "c.yaml", shards, train={"steps": 24}, run={"ckpt_interval": 5})
+    reference = tmp_path / "uninterrupted"
+    assert run_cli(config, reference).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(config, killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # Kill after the step-10 checkpoint, mid-way between checkpoints (metrics past it are already written).
+    while time.time() < deadline:
+        latest = killed / "checkpoints" / "latest"
+        if latest.is_file() and latest.read_text().strip() >= "step_0000010" and (killed / "metrics.jsonl").is_file():
+            if max(r["step"] for r in metrics(killed)) >= 12:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((killed / "status.json").read_text())["status"] == "running"  # died without a word
+    assert max(r["step"] for r in metrics(killed)) < 24
+
+    rerun = run_cli(config, killed)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    status = json.loads((killed / "status.json").read_text())
+    assert status["status"] == "completed"
+    a, b = metrics(reference), metrics(killed)
+    assert without_wall_clock(a) == without_wall_clock(b)  # bit for bit: floats compared exactly
+    assert all(all(k in r for k in WALL_CLOCK) for r in b if "loss" in r)
+
+
+@needs_corpus
+def test_huge_learning_rate_ends_as_diverged(tmp_path, shards):
+    config = write_config(tmp_path / "c.yaml", shards, arch="hc", train={"lr": 1e6, "warmup_steps": 1})
+    out = tmp_path / "run"
+    proc = run_cli(config, out, "run.grad_clip=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "diverged"
+    assert "non-finite" in status["reason"]
+    records = metrics(out)
+    assert all(
+        v == v and abs(v) != float("inf") for r in records for v in r.values() if isinstance(v, float)
+    )  # the last finite metrics are kept, no NaN written
+    assert not (out / "model").exists()
+
+
+@needs_corpus
+def test_unknown_config_key_fails_at_once_naming_it(tmp_path, shards):
+    config = write_config(tmp_path / "c.yaml", shards, model={"connection": {"nn": 2}})
+    out = tmp_path / "run"
+    proc = run_cli(config, out)
+    assert proc.returncode == 2
+    assert "unknown config key 'model.connection.nn'" in proc.stderr and "did you mean 'n'" in proc.stderr
+    assert not out.exists()
+    proc = run_cli(write_config(tmp_path / "d.yaml", shards), out, "run.eval_intervall=3")
+    assert proc.returncode == 2 and "unknown config key 'run.eval_intervall'" in proc.stderr
+    assert not out.exists()
+
+
+@needs_corpus
+def test_corrupted_checkpoint_fails_clearly_and_writes_nothing(tmp_path, shards):
+    config = write_config(tmp_path / "c.yaml", shards, train={"steps": 8})
+    out = tmp_path / "run"
+    assert run_cli(config, out).returncode == 0
+    tensor_file = out / "checkpoints" / "step_0000008" / "state.safetensors"
+    data = bytearray(tensor_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tensor_file.write_bytes(bytes(data))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = run_cli(config, out, "train.steps=8")
+    assert proc.returncode == 2
+    assert f"checkpoint file {tensor_file} is corrupted" in proc.stderr
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@needs_corpus
+def test_shard_with_wrong_sha256_fails_clearly_and_writes_nothing(tmp_path, shards):
+    import shutil
+
+    bad = tmp_path / "bad_shards"
+    shutil.copytree(shards, bad)
+    train_bin = bad / "train.bin"
+    data = bytearray(train_bin.read_bytes())
+    data[100] ^= 0x01
+    train_bin.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    proc = run_cli(write_config(tmp_path / "c.yaml", bad), out)
+    assert proc.returncode == 2
+    assert "sha256" in proc.stderr and "train.bin" in proc.stderr
+    expected = json.loads((bad / "manifest.json").read_text())["shards"]["train"]["sha256"]
+    assert expected in proc.stderr
+    assert not out.exists()
+
+
+@needs_corpus
+def test_two_gloo_processes_match_one_process(tmp_path, shards):
+    """Same global batch (4) on 1 process and on 2 ranks x 2: losses agree within 1e-5 (float reduction order)."""
+    config = write_config(tmp_path / "c.yaml", shards, arch="mhc", train={"steps": 6}, run={"eval_interval": 3})
+    single = tmp_path / "single"
+    assert run_cli(config, single).returncode == 0
+    double = tmp_path / "double"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    cmd += ["-m", "models.train", "--config", str(config), "--out", str(double)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = [r for r in metrics(single) if "loss" in r]
+    b = [r for r in metrics(double) if "loss" in r]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4)
+    va = [r["val_loss"] for r in metrics(single) if "val_loss" in r]
+    vb = [r["val_loss"] for r in metrics(double) if "val_loss" in r]
+    assert vb == pytest.approx(va, rel=1e-5)
+
+
+@needs_corpus
+def test_four_concurrent_training_runs_lose_no_run_and_no_metric(tmp_path, shards):
+    from mlflow.tracking import MlflowClient
+
+    from models.tracking import init_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = init_store(uri, "concurrency")  # once, before the jobs (as the DAG's init rule does)
+    config = write_config(
+        tmp_path / "c.yaml",
+        shards,
+        train={"steps": 8},
+        run={"eval_interval": 4, "diag_interval": 4, "ckpt_interval": 2},
+        tracking={"enabled": True, "tracking_uri": uri, "experiment": "concurrency"},
+    )
+    procs = [
+        subprocess.Popen(
+            train_cmd(config, tmp_path / f"run{seed}", f"seed={seed}", f"arch={arch}"),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed, arch in enumerate(["baseline", "hc", "mhc", "mhc"])
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([experiment_id], max_results=100)
+    assert len(runs) == 4
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1", "2", "3"]
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+        run_dir = Path(run.data.tags["run_dir"])
+        jsonl = metrics(run_dir)
+        for key in ("loss", "grad_norm", "lr", "val_loss") + (
+            ("amax_composite_bwd",) if run.data.tags["arch"] != "baseline" else ()
+        ):
+            expected = [(r["step"], r[key]) for r in jsonl if key in r]
+            history = client.get_metric_history(run.info.run_id, key)
+            got = sorted((m.step, m.value) for m in history)
+            assert [step for step, _ in got] == [step for step, _ in sorted(expected)], key
+            assert [v for _, v in got] == pytest.approx([v for _, v in sorted(expected)], rel=1e-6), key
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 8
