@@ -41,8 +41,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict (keys: parameter indices, or names for FSDP's full state dict) as flat tensors."""
     tensors = {}
     for idx, entry in state["state"].items():
         for key, value in entry.items():
@@ -53,17 +53,19 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 def save_checkpoint(
     root: Path,
     step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict,
     sidecar: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` under `root` (= RUN_DIR/checkpoints) and keep only the newest `keep`."""
+    """Write checkpoint `step` under `root` (= RUN_DIR/checkpoints) and keep only the newest `keep`.
+
+    `model_state` / `optim_state` are full (unsharded) state dicts."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:07d}."))
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    optim_tensors, optim_meta = _optimizer_tensors(optimizer)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
+    optim_tensors, optim_meta = _optimizer_tensors(optim_state)
     tensors.update(optim_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, tmp / "state.safetensors")
@@ -110,33 +112,26 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return sidecar, tensors
 
 
-def restore(
-    sidecar: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-) -> None:
-    """Load model, optimizer and RNG state from `read_checkpoint`'s output (strict: every key must match)."""
+def split_state(
+    sidecar: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model state dict, optimizer state dict) from `read_checkpoint`'s output; restores the RNG state."""
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(model_state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint does not fit this model: {err}") from None
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    state: dict[Any, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": sidecar["optimizer"]["param_groups"]})
+            idx, name = key[len("optim.") :].rsplit(".", 1)
+            state.setdefault(int(idx) if idx.isdigit() else idx, {})[name] = value
     torch.set_rng_state(tensors["rng.torch"])
+    return model_state, {"state": state, "param_groups": sidecar["optimizer"]["param_groups"]}
 
 
-def save_model(path: Path, model: torch.nn.Module, sidecar: dict[str, Any]) -> None:
+def save_model(path: Path, model_state: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> None:
     """The final model: `model.safetensors` + `model.json` (config and provenance), written atomically."""
     path.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.")
     os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, tmp)
     meta = dict(sidecar, sha256=sha256_file(tmp))
     os.replace(tmp, path / "model.safetensors")
     atomic_write_text(path / "model.json", json.dumps(meta, indent=1, sort_keys=True))

@@ -47,9 +47,9 @@ from .checkpoint import (
     atomic_write_text,
     latest_checkpoint,
     read_checkpoint,
-    restore,
     save_checkpoint,
     save_model,
+    split_state,
 )
 from .config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict, validate_model_config
 from .data import (
@@ -91,6 +91,7 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default
     progress: bool = True
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # with several ranks (torchrun): DDP or FSDP2 (fully_shard)
 
 
 @dataclass
@@ -277,6 +278,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.model = Transformer(self.model_cfg).to(self.device)
+        self.fsdp = self.dist.world > 1 and cfg.run.parallel == "fsdp"
+        if self.fsdp:  # FSDP2: shard every block, then the root (embedding, head); params become DTensors
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.model.blocks:
+                fully_shard(block)
+            fully_shard(self.model)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps, fused=False
         )
@@ -295,11 +303,11 @@ class Trainer:
                     f"{ckpt} was written by a different configuration (config hash {sidecar.get('config_hash')}, "
                     f"this run {self.hash}); use another --out"
                 )
-            restore(sidecar, tensors, self.model, self.optimizer)
+            self.load_states(*split_state(sidecar, tensors))
             self.loader.load_state_dict(sidecar["loader"])
             self.step = sidecar["step"]
         self.ddp = self.model
-        if self.dist.world > 1:
+        if self.dist.world > 1 and not self.fsdp:
             moe = self.model_cfg.ffn.kind == "moe"
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=moe)
         self.autocast = (
@@ -307,6 +315,39 @@ class Trainer:
             if cfg.run.precision == "bf16"
             else contextlib.nullcontext()
         )
+
+    # ---- state (plain, DDP or FSDP2) ----------------------------------------------------------------
+    def full_states(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Unsharded model and optimizer state dicts (a collective under FSDP: every rank must call it)."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=opts)
+        return model_state, get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+
+    def load_states(self, model_state: dict[str, torch.Tensor], optim_state: dict) -> None:
+        try:
+            if not self.fsdp:
+                self.model.load_state_dict(model_state, strict=True)
+                self.optimizer.load_state_dict(optim_state)
+                return
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, model_state, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, optim_state, options=opts)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"checkpoint does not fit this model/optimizer: {err}") from None
 
     # ---- files -------------------------------------------------------------------------------------
     def write_status(self, status: str, reason: str = "", **extra: Any) -> None:
@@ -344,12 +385,13 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
+        model_state, optim_state = self.full_states()
         if self.dist.main:
             save_checkpoint(
                 self.out / "checkpoints",
                 self.step,
-                self.model,
-                self.optimizer,
+                model_state,
+                optim_state,
                 self.sidecar(),
                 keep=self.cfg.run.keep_checkpoints,
             )
@@ -391,7 +433,9 @@ class Trainer:
         for i in range(n_micro):
             part = batch[i * self.micro : (i + 1) * self.micro]
             sync = contextlib.nullcontext()
-            if self.dist.world > 1 and i < n_micro - 1:
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(i == n_micro - 1)
+            elif self.dist.world > 1 and i < n_micro - 1:
                 sync = self.ddp.no_sync()
             with sync:
                 with self.autocast:
@@ -406,6 +450,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.cfg.run.grad_clip if self.cfg.run.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         return loss_sum.item(), grad_norm.item()
 
     def run(self) -> int:
@@ -419,8 +465,10 @@ class Trainer:
         try:
             tracker = self._make_tracker()
             status, reason = self._loop(tracker)
-            if status == "completed" and self.dist.main:
-                save_model(self.out / "model", self.model, self.sidecar())
+            if status == "completed":
+                model_state, _ = self.full_states()
+                if self.dist.main:
+                    save_model(self.out / "model", model_state, self.sidecar())
         except BaseException as err:
             self.write_status("failed", f"{type(err).__name__}: {err}")
             if tracker is not None:
