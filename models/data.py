@@ -183,13 +183,38 @@ def _docs_from_file(path: Path) -> Iterator[str]:
         raise DataError(f"{path}: unreadable or corrupt corpus file ({type(exc).__name__}: {exc})") from exc
 
 
+HF_PREFIX = "hf://"
+
+
+def iter_hf_documents(spec: str) -> Iterator[str]:
+    """Stream the `text` field of a Hugging Face dataset: `hf://NAME[:CONFIG]` (split `train`, streaming mode).
+
+    For users with hub access (e.g. `hf://HuggingFaceFW/fineweb-edu:sample-10BT`); the offline machines this
+    suite is tested on use the local corpus instead. Streaming order is the dataset's own, so shards are
+    reproducible as long as the dataset revision is.
+    """
+    name, _, config = spec[len(HF_PREFIX) :].partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{spec}: streaming a Hugging Face dataset needs `pip install datasets`") from None
+    stream = datasets.load_dataset(name, config or None, split="train", streaming=True)
+    for row in stream:
+        text = _clean(row.get("text") or "")
+        if text:
+            yield text
+
+
 def iter_documents(corpus_dir: str | os.PathLike[str]) -> Iterator[str]:
     """Yield the text of every non-empty document under `corpus_dir`, in sorted file order.
 
     Both WikiExtractor formats are accepted (detected per file from its first line), gzipped or not. The order is
     fixed so that the tokenizer, the shards and their checksums are reproducible. The directory is checked at call
-    time (not at first `next`), so a wrong path fails where it is configured.
+    time (not at first `next`), so a wrong path fails where it is configured. A `corpus_dir` of the form
+    `hf://NAME[:CONFIG]` streams a Hugging Face dataset instead (`iter_hf_documents`).
     """
+    if str(corpus_dir).startswith(HF_PREFIX):
+        return iter_hf_documents(str(corpus_dir))
     root = Path(corpus_dir)
     if not root.is_dir():
         raise DataError(f"corpus directory {str(root)!r} does not exist")

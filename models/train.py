@@ -53,6 +53,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict, validate_model_config
 from .data import (
+    HF_PREFIX,
     DataError,
     build_shards,
     load_shard,
@@ -74,6 +75,9 @@ class DataConfig:
     root: str | None = None  # data root (SPEC section 10); None: $MHC_DATA_ROOT, else ../shared/data
     shards_dir: str | None = None  # tokenizer + shards cache; None: results/data/bpe<vocab>[-docs<max_docs>]
     max_docs: int | None = None  # use only the first documents of the corpus (smoke runs)
+    # Stream a Hugging Face dataset instead of the local corpus (needs hub access and `datasets`), e.g.
+    # "HuggingFaceFW/fineweb-edu:sample-10BT"; set max_docs to bound it.
+    hf_dataset: str | None = None
     val_fraction: float = 0.01
 
 
@@ -233,12 +237,13 @@ def init_distributed(device_pref: str) -> tuple[Dist, torch.device]:
 def prepare_data(cfg: RunConfig, vocab_size: int, show: bool) -> tuple[Path, dict]:
     """Tokenizer and shards for this vocabulary, built once and then reused (sha256-checked on load)."""
     d = cfg.data
+    source = "-" + d.hf_dataset.replace("/", "_").replace(":", "_") if d.hf_dataset else ""
     shards = Path(d.shards_dir) if d.shards_dir else REPO_ROOT / "results" / "data" / (
-        f"bpe{vocab_size}" + (f"-docs{d.max_docs}" if d.max_docs else "")
+        f"bpe{vocab_size}{source}" + (f"-docs{d.max_docs}" if d.max_docs else "")
     )  # fmt: skip
     if not (shards / "manifest.json").is_file():
-        corpus = resolve_data_root(d.root) / "corpus"
-        if not corpus.is_dir():
+        corpus = f"{HF_PREFIX}{d.hf_dataset}" if d.hf_dataset else resolve_data_root(d.root) / "corpus"
+        if not d.hf_dataset and not corpus.is_dir():
             raise DataError(f"corpus directory {corpus} does not exist")
         shards.mkdir(parents=True, exist_ok=True)
         lock = shards / ".build.lock"

@@ -359,3 +359,22 @@ def test_real_corpus_sample(tmp_path: Path) -> None:
     train = load_shard(tmp_path / "shards", "train")
     assert int(train.max()) < 1024
     assert "<doc" not in tok.decode(train[:2000].tolist())
+
+
+def test_hf_dataset_streaming_path(tmp_path, monkeypatch):
+    """The `hf://` source (for users with hub access) streams the `text` field; tested with a stand-in module."""
+    import sys
+    import types
+
+    from models import data
+
+    calls = []
+
+    def load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return iter([{"text": "first document"}, {"text": ""}, {"text": "second &amp; last"}])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    docs = list(data.iter_documents("hf://org/corpus:sample"))
+    assert docs == ["first document", "second & last"]
+    assert calls == [("org/corpus", "sample", "train", True)]
