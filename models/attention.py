@@ -50,8 +50,13 @@ class MultiHeadLatentAttention(nn.Module):
         rope: torch.Tensor,
         cache: LayerKVCache | None = None,
         start_pos: int = 0,
+        key_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: [B, T, dim] at positions start_pos..start_pos+T-1; rope: the table rows of those positions."""
+        """x: [B, T, dim] at positions start_pos..start_pos+T-1; rope: the table rows of those positions.
+
+        `key_valid` [B, S] (S = start_pos + T) marks real tokens; padding positions are never attended to
+        (except by themselves, which keeps their own rows finite). With left padding this is exact: RoPE
+        scores depend on relative positions only."""
         cfg = self.cfg
         B, T, _ = x.shape
         H = cfg.n_heads
@@ -75,11 +80,14 @@ class MultiHeadLatentAttention(nn.Module):
         k_nope, v = kv.split([cfg.qk_nope_dim, cfg.v_dim], dim=-1)
         k = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, cfg.qk_rope_dim)], dim=-1)
 
-        if S == T:
+        if S == T and key_valid is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # Queries sit at positions start_pos.. and may see every cached key up to themselves.
             q_pos = torch.arange(start_pos, start_pos + T, device=x.device)
-            mask = torch.arange(S, device=x.device)[None, :] <= q_pos[:, None]
+            k_pos = torch.arange(S, device=x.device)
+            mask = k_pos[None, :] <= q_pos[:, None]
+            if key_valid is not None:
+                mask = mask & (key_valid[:, None, None, :S] | (k_pos[None, :] == q_pos[:, None]))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(B, T, H * cfg.v_dim))

@@ -40,8 +40,9 @@ class Block(nn.Module):
         rope: torch.Tensor,
         cache: LayerKVCache | None = None,
         start_pos: int = 0,
+        key_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        state = self.attn_connection(state, lambda u: self.attn(self.attn_norm(u), rope, cache, start_pos))
+        state = self.attn_connection(state, lambda u: self.attn(self.attn_norm(u), rope, cache, start_pos, key_valid))
         state = self.ffn_connection(state, lambda u: self.ffn(self.ffn_norm(u)))
         return state
 
@@ -100,10 +101,12 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         start_pos: int = 0,
         cache: list[LayerKVCache] | None = None,
+        key_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens [B, T] at positions start_pos.. -> logits [B, T, vocab] (float32 head output dtype).
 
         With `cache`, keys/values of earlier positions come from the cache and this call's are stored.
+        `key_valid` [B, start_pos + T] marks real tokens when sequences are (left-)padded to one length.
         """
         T = tokens.shape[1]
         if start_pos + T > self.cfg.max_seq_len:
@@ -112,7 +115,7 @@ class Transformer(nn.Module):
         self._assign_recompute_blocks()
         state = self.connection_cls.expand(self.embed(tokens), self.cfg.connection)
         for i, block in enumerate(self.blocks):
-            state = block(state, rope, None if cache is None else cache[i], start_pos)
+            state = block(state, rope, None if cache is None else cache[i], start_pos, key_valid)
         h = self.connection_cls.collapse(state, self.cfg.connection)
         return self.head(self.norm(h))
 

@@ -13,32 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.data import resolve_data_root
+from tests.conftest import needs_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 WALL_CLOCK = ("step_time_s", "tokens_per_s")  # the only fields that may differ between two identical runs
 TRAIN_FIELDS = {"step", "tokens", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "epoch"}
 AMAX_FIELDS = {"amax_single_fwd", "amax_single_bwd", "amax_composite_fwd", "amax_composite_bwd"}
-
-try:
-    CORPUS_ROOT = resolve_data_root(None)
-except Exception:  # noqa: BLE001 - no data root on this machine
-    CORPUS_ROOT = None
-needs_corpus = pytest.mark.skipif(CORPUS_ROOT is None, reason="no data root (../shared/data or MHC_DATA_ROOT)")
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory) -> Path:
-    """Tokenizer + shards from the first 200 corpus documents, built once by the training code itself."""
-    if CORPUS_ROOT is None:
-        pytest.skip("no corpus")
-    out = tmp_path_factory.mktemp("shards")
-    from models.data import build_shards, train_tokenizer
-
-    corpus = CORPUS_ROOT / "corpus"
-    tokenizer = train_tokenizer(corpus, 512, out / "tokenizer.json", max_docs=200)
-    build_shards(corpus, tokenizer, out, max_docs=200)
-    return out
 
 
 def write_config(path: Path, shards: Path, **sections) -> Path:

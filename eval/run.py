@@ -1,0 +1,89 @@
+"""`python -m eval.run --checkpoint DIR --suite paper [--limit N] --out FILE`: the workflow's evaluation step.
+
+Runs the paper's eight-benchmark suite (or `--tasks a,b`) on one checkpoint through lm-eval, reading the
+benchmark splits from the local data root (`--data-root`, else $MHC_DATA_ROOT, else ../shared/data) with the
+hub switched off, unless `--hub` is given. Writes lm-eval's results JSON (with `configs`, `versions`, `n-shot`
+and our `mhc_substitutions`: every deviation forced by a missing local split) atomically to FILE, and logs the
+scores to MLflow as a child run of the checkpoint's training run when that run was tracked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from models.checkpoint import CheckpointError, atomic_write_text
+from models.data import DataError, resolve_data_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="training run, model or checkpoint directory")
+    parser.add_argument("--suite", default="paper", choices=["paper"], help="the paper's eight benchmarks")
+    parser.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks instead of the suite")
+    parser.add_argument("--limit", type=float, default=None, help="examples per task (smoke runs only)")
+    parser.add_argument("--out", required=True, help="results JSON")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--hub", action="store_true", help="load the benchmarks from the Hugging Face hub")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+
+    from lm_eval.utils import handle_non_serializable
+
+    from .lm import MhcLM
+    from .suite import PAPER_SUITE, run_suite
+
+    try:
+        lm = MhcLM(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size)
+        root = None if args.hub else resolve_data_root(args.data_root) / "benchmarks"
+    except (CheckpointError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tasks = args.tasks.split(",") if args.tasks else [PAPER_SUITE]
+    limit = int(args.limit) if args.limit and args.limit >= 1 else args.limit
+    results = run_suite(lm, tasks=tasks, limit=limit, local_data_root=root)
+    results.pop("samples", None)
+    results["mhc_checkpoint"] = str(Path(args.checkpoint).resolve())
+    text = json.dumps(results, indent=1, default=handle_non_serializable, sort_keys=True)
+    atomic_write_text(Path(args.out), text + "\n")
+    if not args.no_mlflow:
+        log_to_mlflow(Path(args.checkpoint), results, Path(args.out))
+    return 0
+
+
+def log_to_mlflow(checkpoint: Path, results: dict, out: Path) -> None:
+    """A child run of the training run (found through RUN_DIR/mlflow_run_id and the run's tracking config)."""
+    run_dir = checkpoint if (checkpoint / "config.json").is_file() else checkpoint.parent
+    id_file, config_file = run_dir / "mlflow_run_id", run_dir / "config.json"
+    if not (id_file.is_file() and config_file.is_file()):
+        return
+    tracking = json.loads(config_file.read_text())["config"]["tracking"]
+    if not tracking.get("enabled"):
+        return
+    from models.tracking import Tracker
+
+    tracker = Tracker(
+        tracking["tracking_uri"],
+        tracking["experiment"],
+        run_name=f"eval-{run_dir.name}",
+        params={"tasks": ",".join(sorted(results.get("results", {})))},
+        tags={"kind": "evaluation", "checkpoint": str(checkpoint.resolve())},
+        parent_run_id=id_file.read_text().strip(),
+    )
+    scores = {
+        f"{task}/{metric}": value
+        for task, metrics in results.get("results", {}).items()
+        for metric, value in metrics.items()
+        if isinstance(value, (int, float)) and "stderr" not in metric
+    }
+    tracker.log_metrics(scores, step=0)
+    tracker.log_artifact(out)
+    tracker.finish("completed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
