@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from .suite import local_datasets
 
-    with local_datasets(resolve_data_root(None) / "benchmarks"):
+    with local_datasets(resolve_data_root(None) / "benchmarks") as used:
         cli_evaluate()
+    if used.substitutions:  # the results file is lm-eval's own; say what the local data changed
+        print("local-data substitutions used (eval.run records them in its results):", file=sys.stderr)
+        for task, what in used.substitutions.items():
+            print(f"  {task}: {what}", file=sys.stderr)
 
 
 if __name__ == "__main__":

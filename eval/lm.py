@@ -13,13 +13,15 @@ Requests (lm-eval's three types):
 - loglikelihood_rolling: lm-eval's disjoint rolling windows over the whole text;
 - generate_until: batched greedy decoding with the KV cache; sequences are left-padded to one length and
   padding is masked out of attention (exact: RoPE scores depend on relative positions only); generation
-  stops at EOT, at `max_gen_toks` (default 256, as lm-eval's HF model) or when every sequence contains a
-  stop string, and each output is truncated at the first occurrence of any stop string.
+  stops at EOT, at `max_gen_toks` (default 256, as lm-eval's HF model; capped at half the model's window,
+  which the positions cannot exceed) or when every sequence contains a stop string, and each output is
+  truncated at the first occurrence of any stop string.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,10 @@ class MhcLM(TemplateLM):
         **kwargs: Any,
     ):
         super().__init__()
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI passes its default device (cuda) to every model; like its HF model, use the CPU.
+            warnings.warn(f"device {device!r} requested but CUDA is not available; using the CPU", stacklevel=2)
+            device = "cpu"
         if model is None:
             if checkpoint is None:
                 raise ValueError("model_args need checkpoint=DIR (a training run, model or checkpoint directory)")
@@ -216,8 +222,10 @@ class MhcLM(TemplateLM):
                 raise ValueError("the mhc model implements greedy decoding only (do_sample=False)")
             until = kwargs["until"] if isinstance(kwargs["until"], list) else [kwargs["until"]]
             until = [s for s in until if s]
-            max_new = int(kwargs["max_gen_toks"])
-            budget = max(1, self.max_length - max_new)
+            # The model cannot see past its window (RoPE table): cap the generation length so that at least half
+            # the window stays for the context, then left-truncate the context to what remains.
+            max_new = min(int(kwargs["max_gen_toks"]), self.max_length // 2)
+            budget = self.max_length - max_new
             contexts = [self.tok_encode(ctx)[-budget:] or [self.prefix_token_id] for ctx, _ in chunk]
             results.extend(self.greedy(contexts, max_new, until))
             bar.update(len(chunk))

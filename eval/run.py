@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         lm = MhcLM(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size)
-        root = None if args.hub else resolve_data_root(args.data_root) / "benchmarks"
+        root = None if args.hub else resolve_data_root(args.data_root)
     except (CheckpointError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -129,3 +129,36 @@ def test_python_m_eval_works_like_lm_eval(checkpoint, tmp_path):
     assert results["n-shot"]["hellaswag"] == 0  # the plain task keeps lm-eval's own default here
     assert "acc,none" in results["results"]["hellaswag"]
     assert results["n-samples"]["hellaswag"]["effective"] == 5
+
+
+@needs_corpus
+@pytest.mark.slow
+def test_paper_suite_offline_on_a_tiny_checkpoint(shards, tmp_path):
+    """All eight benchmarks through `python -m eval.run` on our model, local data, --limit 1 (CI smoke)."""
+    torch.manual_seed(0)
+    cfg = tiny_config("mhc")
+    cfg = type(cfg)(**{**cfg.__dict__, "max_seq_len": 1024})  # room for the few-shot prompts
+    tok = load_tokenizer(shards / "tokenizer.json")
+    run = tmp_path / "run"
+    sidecar = {
+        "model_config": to_dict(cfg),
+        "config": {"arch": "mhc", "tracking": {"enabled": False}},
+        "data": {"shards": str(shards), "tokenizer_sha256": tokenizer_sha256(tok)},
+    }
+    save_model(run / "model", Transformer(cfg).state_dict(), sidecar)
+    out = tmp_path / "paper.json"
+    cmd = [sys.executable, "-m", "eval.run", "--checkpoint", str(run), "--suite", "paper", "--limit", "1"]
+    cmd += ["--out", str(out), "--batch-size", "16"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    shots = results["n-shot"]
+    expected = {"drop": 3, "gsm8k_cot": 8, "hellaswag": 10, "piqa": 0, "triviaqa": 5}
+    assert {k: shots[k] for k in expected} == expected
+    assert {v for k, v in shots.items() if k.startswith("bbh_cot_fewshot_")} == {3}
+    assert {v for k, v in shots.items() if k.startswith("minerva_math_")} == {4}
+    assert {v for k, v in shots.items() if k.startswith("mmlu_") and k in results["configs"]} == {5}
+    assert len([k for k in shots if k.startswith("bbh_cot_fewshot_")]) == 27
+    for key in ("configs", "versions", "n-shot", "mhc_substitutions"):
+        assert results[key], key
+    assert {"drop", "hellaswag", "triviaqa"} <= set(results["mhc_substitutions"])
