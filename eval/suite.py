@@ -72,7 +72,9 @@ SUBSTITUTIONS: dict[str, str] = {
         "accepted answers come from `ref_text` split on '|', each as one answer (numbers as `number`, the rest as "
         "a single span): multi-span answers, which simple-evals joins with ' and ', are scored as one span. The "
         "train split is missing, so the 3 shots are drawn (lm-eval's random sampler) from OLMES's 5 fixed DROP "
-        "train exemplars (drop/olmes_bpb_5shot)."
+        "train exemplars (drop/olmes_bpb_5shot). Known lm-eval defect, kept as in the hub mode: the built-in "
+        "task's doc_to_target renders every few-shot answer as its dict keys (lm-eval #2137), so DROP 3-shot "
+        "scores are unreliable in both modes."
     ),
     "hellaswag": (
         "Rowan/hellaswag train (the few-shot pool) is missing: the 10 shots are drawn (lm-eval's random sampler) "
