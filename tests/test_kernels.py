@@ -111,6 +111,7 @@ def test_dispatch_rules(monkeypatch):
         get_ops("fast", cpu)
 
 
+@pytest.mark.slow
 def test_tiny_model_trains_the_same_with_fused_and_reference_ops():
     """5 AdamW steps of a tiny mHC model: losses agree within 1e-4 between the two backends."""
     import torch.nn.functional as F

@@ -216,6 +216,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, shards, parallel):
 
 
 @needs_corpus
+@pytest.mark.slow
 def test_four_concurrent_training_runs_lose_no_run_and_no_metric(tmp_path, shards):
     from mlflow.tracking import MlflowClient
 
