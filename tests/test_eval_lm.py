@@ -162,3 +162,30 @@ def test_paper_suite_offline_on_a_tiny_checkpoint(shards, tmp_path):
     for key in ("configs", "versions", "n-shot", "mhc_substitutions"):
         assert results[key], key
     assert {"drop", "hellaswag", "triviaqa"} <= set(results["mhc_substitutions"])
+
+
+def test_eval_results_go_to_mlflow_as_a_child_of_the_training_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from eval.run import log_to_mlflow
+    from models.tracking import Tracker, init_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_store(uri, "exp")
+    parent = Tracker(uri, "exp", run_name="train-run", tags={"arch": "mhc"})
+    parent.finish("completed")
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "mlflow_run_id").write_text(parent.run_id + "\n")
+    tracking = {"enabled": True, "tracking_uri": uri, "experiment": "exp"}
+    (run / "config.json").write_text(json.dumps({"config": {"tracking": tracking}}))
+    out = tmp_path / "results.json"
+    results = {"results": {"piqa": {"alias": "piqa", "acc,none": 0.5, "acc_stderr,none": 0.1}}}
+    out.write_text(json.dumps(results))
+    log_to_mlflow(run / "model", results, out)
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("exp").experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")
+    assert len(children) == 1
+    assert children[0].data.metrics["piqa/acc__none"] == 0.5
+    assert "piqa/acc_stderr__none" not in children[0].data.metrics
