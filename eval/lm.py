@@ -103,7 +103,9 @@ class MhcLM(TemplateLM):
         self.tokenizer = tokenizer_obj
         self._device = next(model.parameters()).device
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
-        self.max_length = int(max_length or model.cfg.max_seq_len)
+        # Default window: the sequence length the model was trained on (positions past it were never trained).
+        trained = self.sidecar.get("train_config", {}).get("seq_len")
+        self.max_length = int(max_length or trained or model.cfg.max_seq_len)
         self.max_gen_toks = int(max_gen_toks)
         self._eot = eot_id(self.tokenizer)
 
@@ -140,6 +142,7 @@ class MhcLM(TemplateLM):
             logprobs = F.log_softmax(self.model(batch.to(self._device)).float(), dim=-1)
             for i, (_, _, cont) in enumerate(chunk):
                 n = len(inputs[i])
+                cont = cont[-n:]  # a continuation longer than the window is scored on its last n tokens
                 target = torch.tensor(cont, device=self._device)
                 lp = logprobs[i, n - len(cont) : n]
                 score = lp.gather(-1, target[:, None]).sum().item()

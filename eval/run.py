@@ -57,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def log_to_mlflow(checkpoint: Path, results: dict, out: Path) -> None:
     """A child run of the training run (found through RUN_DIR/mlflow_run_id and the run's tracking config)."""
-    run_dir = checkpoint if (checkpoint / "config.json").is_file() else checkpoint.parent
+    # the run directory: the checkpoint itself, its model/ folder's parent, or checkpoints/step_X's grandparent
+    run_dir = next((d for d in (checkpoint, *checkpoint.parents) if (d / "config.json").is_file()), None)
+    if run_dir is None:
+        return
     id_file, config_file = run_dir / "mlflow_run_id", run_dir / "config.json"
-    if not (id_file.is_file() and config_file.is_file()):
+    if not id_file.is_file():
         return
     tracking = json.loads(config_file.read_text())["config"]["tracking"]
     if not tracking.get("enabled"):

@@ -71,6 +71,9 @@ def save_checkpoint(
     save_file(tensors, tmp / "state.safetensors")
     meta = dict(sidecar, step=step, optimizer=optim_meta, state_sha256=sha256_file(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    for name in ("state.safetensors", "state.json"):  # on disk before `latest` can point at them
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

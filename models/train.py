@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -271,6 +272,8 @@ class Trainer:
         t = self.train_cfg
         if t.batch_size % self.dist.world:
             raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the {self.dist.world} ranks")
+        if cfg.run.keep_checkpoints < 1:
+            raise ConfigError(f"run.keep_checkpoints must be >= 1, got {cfg.run.keep_checkpoints}")
         self.local_batch = t.batch_size // self.dist.world
         self.micro = cfg.run.micro_batch or self.local_batch
         if self.local_batch % self.micro:
@@ -290,6 +293,9 @@ class Trainer:
             for block in self.model.blocks:
                 fully_shard(block)
             fully_shard(self.model)
+            if self.model_cfg.ffn.kind == "moe":
+                # experts a rank routed no token to still take part in the reduce-scatter (else: deadlock)
+                self.model.set_reduce_scatter_unused_params(True)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps, fused=False
         )
@@ -361,11 +367,19 @@ class Trainer:
             atomic_write_text(self.out / "status.json", json.dumps(payload, indent=1) + "\n")
 
     def _trim_log(self, name: str) -> None:
-        """Drop records past the resumed step (written after the last checkpoint by an interrupted run)."""
+        """Drop records past the resumed checkpoint (written after it by an interrupted run), all records when
+        there is no checkpoint (step 0 is logged again), and a line torn by a crash mid-append."""
         path = self.out / name
         if not path.is_file():
             return
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if self.step > 0 and record["step"] <= self.step:
+                keep.append(line)
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     def append(self, name: str, record: dict) -> None:
@@ -452,7 +466,7 @@ class Trainer:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             for moe in self.model.moe_layers():
                 dist.all_reduce(moe.load)  # balance on the global load
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.model.parameters() if p.requires_grad]  # the same list on every rank
         clip = self.cfg.run.grad_clip if self.cfg.run.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
@@ -462,12 +476,13 @@ class Trainer:
     def run(self) -> int:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._trim_log("metrics.jsonl")
-            self._trim_log("diagnostics.jsonl")
-            (self.out / "config.json").write_text(json.dumps(self.sidecar(), indent=1, sort_keys=True))
         self.write_status("running", resumed_from=self.step or None)
         tracker = None
         try:
+            if self.dist.main:
+                self._trim_log("metrics.jsonl")
+                self._trim_log("diagnostics.jsonl")
+                atomic_write_text(self.out / "config.json", json.dumps(self.sidecar(), indent=1, sort_keys=True))
             tracker = self._make_tracker()
             status, reason = self._loop(tracker)
             if status == "completed":
@@ -594,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     args = parser.parse_args(argv)
+    # A SIGTERM (preemption, torchrun tearing down, a timeout) becomes an exception, so status.json says failed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"terminated by signal {signum}"))
     try:
         cfg = load_run_config(args.config, args.overrides)
         trainer = Trainer(cfg, Path(args.out))
