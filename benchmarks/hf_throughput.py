@@ -31,10 +31,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.step_time import machine
+from benchmarks.step_time import machine, step
 from models.config import ModelConfig
 from models.moe import MoE
 from models.registry import model_config
@@ -153,13 +152,6 @@ def logits_of(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(input_ids=tokens, use_cache=False).logits
 
 
-def train_step(model: nn.Module, tokens: torch.Tensor) -> None:
-    logits = logits_of(model, tokens[:, :-1])
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", default="tiny")
@@ -209,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(args.warmup + args.steps):
         for name, model in models.items():
             t0 = time.perf_counter()
-            train_step(model, tokens)
+            step(model, tokens, logits_of)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
 

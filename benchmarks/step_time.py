@@ -38,8 +38,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def step(model: Transformer, tokens: torch.Tensor) -> None:
-    logits = model(tokens[:, :-1])
+def step(model: torch.nn.Module, tokens: torch.Tensor, logits_fn=None) -> None:
+    """One forward + backward training step (next-token cross-entropy); `logits_fn(model, inputs)` for models
+    whose forward is not `model(inputs) -> logits`."""
+    logits = model(tokens[:, :-1]) if logits_fn is None else logits_fn(model, tokens[:, :-1])
     loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
     loss.backward()
     model.zero_grad(set_to_none=True)
