@@ -137,12 +137,8 @@ def _load_logits(hh_ptr, inv, a_res, bias_ptr, t, tmask, N: tl.constexpr, NP: tl
 
 
 @triton.jit
-def _coeff_fwd(
-    hh_ptr, inv_ptr, alpha_ptr, bias_ptr, pre_ptr, post_ptr, res_ptr, T, M, iters, pre_eps, sk_eps, tiny,
-    N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
-):  # fmt: skip
-    t = tl.program_id(0) * BT + tl.arange(0, BT)
-    tmask = t < T
+def _gates(hh_ptr, inv_ptr, alpha_ptr, bias_ptr, t, tmask, M, N: tl.constexpr, NP: tl.constexpr):
+    """Shared by forward and backward: RMS factors, alphas, the pre/post projections and their sigmoids."""
     i = tl.arange(0, NP)
     vmask = tmask[:, None] & (i[None, :] < N)
     inv = tl.load(inv_ptr + t, mask=tmask, other=0.0)
@@ -151,10 +147,24 @@ def _coeff_fwd(
     a_res = tl.load(alpha_ptr + 2)
     hp = tl.load(hh_ptr + t[:, None] * M + i[None, :], mask=vmask, other=0.0)
     bp = tl.load(bias_ptr + i, mask=i < N, other=0.0)
-    H_pre = tl.sigmoid(a_pre * hp * inv[:, None] + bp[None, :]) + pre_eps
+    sp = tl.sigmoid(a_pre * hp * inv[:, None] + bp[None, :])
     hq = tl.load(hh_ptr + t[:, None] * M + N + i[None, :], mask=vmask, other=0.0)
     bq = tl.load(bias_ptr + N + i, mask=i < N, other=0.0)
-    H_post = 2.0 * tl.sigmoid(a_post * hq * inv[:, None] + bq[None, :])
+    sq = tl.sigmoid(a_post * hq * inv[:, None] + bq[None, :])
+    return vmask, inv, a_pre, a_post, a_res, hp, hq, sp, sq
+
+
+@triton.jit
+def _coeff_fwd(
+    hh_ptr, inv_ptr, alpha_ptr, bias_ptr, pre_ptr, post_ptr, res_ptr, T, M, iters, pre_eps, sk_eps, tiny,
+    N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    tmask = t < T
+    i = tl.arange(0, NP)
+    vmask, inv, a_pre, a_post, a_res, hp, hq, sp, sq = _gates(hh_ptr, inv_ptr, alpha_ptr, bias_ptr, t, tmask, M, N, NP)
+    H_pre = sp + pre_eps
+    H_post = 2.0 * sq
     tl.store(pre_ptr + t[:, None] * N + i[None, :], H_pre, mask=vmask)
     tl.store(post_ptr + t[:, None] * N + i[None, :], H_post, mask=vmask)
 
@@ -174,20 +184,10 @@ def _coeff_bwd(
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     tmask = t < T
     i = tl.arange(0, NP)
-    vmask = tmask[:, None] & (i[None, :] < N)
-    inv = tl.load(inv_ptr + t, mask=tmask, other=0.0)
-    a_pre = tl.load(alpha_ptr)
-    a_post = tl.load(alpha_ptr + 1)
-    a_res = tl.load(alpha_ptr + 2)
+    vmask, inv, a_pre, a_post, a_res, hp, hq, sp, sq = _gates(hh_ptr, inv_ptr, alpha_ptr, bias_ptr, t, tmask, M, N, NP)
 
     # H_pre = sigma(z) + eps ; H_post = 2 sigma(z)
-    hp = tl.load(hh_ptr + t[:, None] * M + i[None, :], mask=vmask, other=0.0)
-    bp = tl.load(bias_ptr + i, mask=i < N, other=0.0)
-    sp = tl.sigmoid(a_pre * hp * inv[:, None] + bp[None, :])
     dz_pre = tl.load(gpre_ptr + t[:, None] * N + i[None, :], mask=vmask, other=0.0) * sp * (1.0 - sp)
-    hq = tl.load(hh_ptr + t[:, None] * M + N + i[None, :], mask=vmask, other=0.0)
-    bq = tl.load(bias_ptr + N + i, mask=i < N, other=0.0)
-    sq = tl.sigmoid(a_post * hq * inv[:, None] + bq[None, :])
     dz_post = tl.load(gpost_ptr + t[:, None] * N + i[None, :], mask=vmask, other=0.0) * 2.0 * sq * (1.0 - sq)
 
     # Sinkhorn backward: for each of the 2*iters normalisations, last first, replay the forward up to it
