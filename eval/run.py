@@ -27,10 +27,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--hub", action="store_true", help="load the benchmarks from the Hugging Face hub")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument(
+        "--skip-unfinished",
+        action="store_true",
+        help="for a training run that diverged, write a results file saying so (exit 0) instead of failing",
+    )
     args = parser.parse_args(argv)
+
+    status_file = Path(args.checkpoint) / "status.json"
+    if args.skip_unfinished and status_file.is_file():
+        status = json.loads(status_file.read_text())
+        if status.get("status") == "diverged":
+            skipped = {"results": {}, "mhc_skipped": f"training run diverged: {status.get('reason', '')}"}
+            atomic_write_text(Path(args.out), json.dumps(skipped, indent=1) + "\n")
+            print(f"{args.checkpoint}: {skipped['mhc_skipped']}; no evaluation", file=sys.stderr)
+            return 0
 
     from lm_eval.utils import handle_non_serializable
 
@@ -38,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from .suite import PAPER_SUITE, run_suite
 
     try:
+        if args.device == "auto":
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         lm = MhcLM(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size)
         root = None if args.hub else resolve_data_root(args.data_root)
     except (CheckpointError, DataError) as err:

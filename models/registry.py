@@ -187,6 +187,12 @@ register(
 register(_ladder("cpu-xs", 4, 96, 4, 8, 2, 8192, 256, 16, 600, 3e-3, "cpu ladder, smallest"))
 register(_ladder("cpu-s", 6, 128, 4, 8, 2, 8192, 256, 16, 800, 2.5e-3, "cpu ladder"))
 register(_ladder("cpu-m", 8, 160, 4, 8, 2, 8192, 256, 16, 1000, 2e-3, "cpu ladder, largest"))
+# The default workflow tier (config/config.yaml): deep and thin, because the composite gain of HC is a product
+# over sub-layers and grows with depth, and 2 x 4-8 blocks is as deep as a 2-core machine trains in minutes.
+# A small vocabulary keeps the embedding and head (which the connections do not touch) from dominating.
+register(_ladder("cpu-d4", 4, 48, 4, 8, 2, 4096, 128, 16, 150, 3e-3, "cpu tier ladder, 8 sub-layers"))
+register(_ladder("cpu-d6", 6, 64, 4, 8, 2, 4096, 128, 16, 200, 3e-3, "cpu tier ladder, 12 sub-layers"))
+register(_ladder("cpu-d8", 8, 64, 4, 8, 2, 4096, 128, 16, 250, 3e-3, "cpu tier main scale, 16 sub-layers"))
 # gpu tier: one GPU, hours.
 register(_ladder("gpu-s", 8, 512, 8, 16, 4, 32768, 1024, 64, 6000, 1.5e-3, "gpu ladder"))
 register(_ladder("gpu-m", 12, 768, 12, 16, 4, 32768, 1024, 96, 10000, 1.2e-3, "gpu ladder"))

@@ -317,6 +317,8 @@ class Trainer:
             self.load_states(*split_state(sidecar, tensors))
             self.loader.load_state_dict(sidecar["loader"])
             self.step = sidecar["step"]
+            if self.dist.main:
+                print(f"resuming {out} from checkpoint step {self.step}", file=sys.stderr, flush=True)
         self.ddp = self.model
         if self.dist.world > 1 and not self.fsdp:
             moe = self.model_cfg.ffn.kind == "moe"
@@ -502,6 +504,27 @@ class Trainer:
         tracker.finish(status)
         return 0
 
+    def write_summary(self, path: Path) -> None:
+        """The run's outcome in one small JSON (the workflow's output of a training job)."""
+        status = json.loads((self.out / "status.json").read_text())
+        rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        last_val = next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None)
+        last_loss = next((r["loss"] for r in reversed(rows) if "loss" in r), None)
+        model = self.out / "model" / "model.safetensors"
+        summary = {
+            "run_dir": str(self.out),
+            "status": status["status"],
+            "reason": status.get("reason", ""),
+            "steps": self.train_cfg.steps,
+            "steps_done": self.step,
+            "tokens": self.step * self.train_cfg.batch_size * self.train_cfg.seq_len,
+            "final_train_loss": last_loss,
+            "final_val_loss": last_val if status["status"] == "completed" else None,
+            "model": str(model) if model.is_file() else None,
+            "config_hash": self.hash,
+        }
+        atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
+
     def _make_tracker(self):
         from .tracking import make_tracker
 
@@ -603,22 +626,77 @@ class Trainer:
         tracker.log_metrics({k: v for k, v in summary.items() if k != "step"}, step=self.step)
 
 
+def read_tracking_file(path: Path) -> tuple[str, str]:
+    try:
+        data = json.loads(path.read_text())
+        (experiment,) = data["experiments"]
+        return data["tracking_uri"], experiment
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"tracking file {path} is unreadable or not one experiment ({err})") from None
+
+
+def move_stale_run(out: Path, current_hash: str) -> None:
+    """Move a run folder written under another configuration out of the way (never delete it)."""
+    sidecar = out / "config.json"
+    if not sidecar.is_file():
+        return
+    old = json.loads(sidecar.read_text()).get("config_hash")
+    if old and old != current_hash:
+        target = out.with_name(f"{out.name}.stale-{old}")
+        if target.exists():
+            raise ConfigError(f"{out} holds a run of another configuration and {target} exists already")
+        os.replace(out, target)
+        print(f"{out} held a run of another configuration ({old}); moved it to {target}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML run config (scale, arch, seed, model/train overrides, data, run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    parser.add_argument(
+        "--summary",
+        default=None,
+        help="write a JSON summary here once the run has ended (completed or diverged); never on a crash",
+    )
+    # Tracking settings as flags of their own, so a workflow can pass them without making them part of the
+    # run's identity (editing the tracking URI must not retrain anything). An empty value leaves the config's.
+    parser.add_argument(
+        "--replace-stale",
+        action="store_true",
+        help="if RUN_DIR holds a run of a different configuration, move it aside to RUN_DIR.stale-<hash> and start "
+        "afresh (the workflow uses this when a run's settings were edited); without it that is an error",
+    )
+    parser.add_argument("--tracking-uri", default="", help="enable MLflow tracking to this URI")
+    parser.add_argument("--experiment", default="", help="MLflow experiment name")
+    parser.add_argument(
+        "--tracking-file",
+        default="",
+        help="enable tracking with the URI and (single) experiment of this JSON, as `models.tracking init --out` "
+        "writes it",
+    )
     args = parser.parse_args(argv)
     # A SIGTERM (preemption, torchrun tearing down, a timeout) becomes an exception, so status.json says failed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"terminated by signal {signum}"))
     try:
         cfg = load_run_config(args.config, args.overrides)
+        if args.tracking_file:
+            args.tracking_uri, args.experiment = read_tracking_file(Path(args.tracking_file))
+        if args.tracking_uri:
+            cfg.tracking.enabled, cfg.tracking.tracking_uri = True, args.tracking_uri
+        if args.experiment:
+            cfg.tracking.experiment = args.experiment
+        if args.replace_stale:
+            move_stale_run(Path(args.out), config_hash(cfg))
         trainer = Trainer(cfg, Path(args.out))
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        return trainer.run()
+        code = trainer.run()
+        if args.summary and trainer.dist.main:
+            trainer.write_summary(Path(args.summary))
+        return code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,0 +1,243 @@
+"""`python -m analysis.measure --scales S [S ...] [--model-overrides JSON] --out FILE`: the workflow's measurements.
+
+Three measurements per scale, written to one JSON (`results/analysis/measurements.json`) that the tables read:
+
+- overhead: forward+backward step time of HC and mHC against the residual baseline of the same model (median over
+  `--steps` after warm-up; archs run round-robin so drift in machine load hits all alike). The connections use the
+  kernels `auto` picks on this device: the fused Triton kernels on CUDA, the PyTorch reference path elsewhere.
+- memory (Table 3): bytes per token that autograd saves for backward inside the connections, without and with
+  block recomputation at Eq. 20's L_r*, beside Table 3's formula.
+- traffic (Table 2): bytes read and written per token by one sub-layer's residual-stream maintenance, split as
+  Table 2 splits it (coefficients, H_pre, H_post + H_res + merge), counted op by op with a TorchDispatchMode on the
+  eager reference path: every aten op reads its tensor inputs and writes its outputs (views move nothing). This is
+  the traffic of the unfused implementation, which Table 2's formula describes; the fused kernels of issue 3 read
+  (n + 1)C and write nC in their post/res/merge step instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from models.checkpoint import atomic_write_text
+from models.config import ConfigError, ModelConfig, from_dict, to_dict, validate_model_config
+from models.diagnostics import saved_activation_bytes
+from models.kernels import get_ops
+from models.registry import get_scale
+from models.transformer import Transformer
+
+ARCHS = ("baseline", "hc", "mhc")
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def scale_config(scale: str, arch: str, overrides: dict[str, Any], **connection: Any) -> ModelConfig:
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    data = merge(to_dict(get_scale(scale).model), overrides)
+    data["connection"] = {**data.get("connection", {}), "arch": arch, **connection}
+    cfg = from_dict(ModelConfig, data, _path="model")
+    validate_model_config(cfg)
+    return cfg
+
+
+# ---- overhead ---------------------------------------------------------------------------------------------------
+def step_times(configs: dict[str, ModelConfig], batch: int, seq: int, steps: int, device: torch.device) -> dict:
+    """Median forward+backward time (ms) per arch, archs interleaved."""
+    models, times = {}, {arch: [] for arch in configs}
+    for arch, cfg in configs.items():
+        torch.manual_seed(0)
+        models[arch] = Transformer(cfg).to(device)
+    tokens = torch.randint(0, next(iter(configs.values())).vocab_size, (batch, seq + 1), device=device)
+    for i in range(steps + 2):  # 2 warm-up rounds
+        for arch, model in models.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            logits = model(tokens[:, :-1])
+            F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten()).backward()
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times[arch].append((time.perf_counter() - start) * 1e3)
+    return {arch: statistics.median(t) for arch, t in times.items()}
+
+
+# ---- memory (Table 3) -------------------------------------------------------------------------------------------
+def table3_elements(n: int, C: int, L: int, block: int) -> tuple[int, int]:
+    """Table 3's elements per token without and with recomputation (see models/connections/recompute.py)."""
+    return L * (n * C + C), n * C * math.ceil(L / block) + L * (C + n * n + n)
+
+
+def saved_bytes_per_token(cfg: ModelConfig, seq: int) -> float:
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    batch = torch.randint(0, cfg.vocab_size, (1, seq))
+    with saved_activation_bytes(model) as counts:
+        model(batch)
+    return counts["connection"] / seq
+
+
+# ---- traffic (Table 2) ------------------------------------------------------------------------------------------
+class TrafficCounter(TorchDispatchMode):
+    """Bytes every (non-view) aten op reads from its tensor inputs and writes to its outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = 0
+        self.write = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            flat_in = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+            flat_out = torch.utils._pytree.tree_leaves(out)
+            self.read += sum(t.numel() * t.element_size() for t in flat_in if isinstance(t, torch.Tensor))
+            self.write += sum(t.numel() * t.element_size() for t in flat_out if isinstance(t, torch.Tensor))
+        return out
+
+
+def traffic(cfg: ModelConfig, tokens: int) -> list[dict[str, Any]]:
+    """Per-token bytes of one sub-layer's residual maintenance, per phase, on the reference path."""
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(cfg, connection=dataclasses.replace(cfg.connection, kernels="reference")))
+    conn = model.connections()[0] if cfg.connection.arch != "baseline" else None
+    C, n = cfg.dim, cfg.connection.streams()
+    rows: list[dict[str, Any]] = []
+
+    def count(name: str, fn) -> Any:
+        counter = TrafficCounter()
+        with torch.no_grad(), counter:
+            result = fn()
+        rows.append({"op": name, "read_bytes": counter.read / tokens, "write_bytes": counter.write / tokens})
+        return result
+
+    y = torch.randn(tokens, C)
+    if conn is None:
+        x = torch.randn(tokens, C)
+        count("merge", lambda: x + y)
+    else:
+        ops = get_ops("reference", torch.device("cpu"))
+        x = torch.randn(tokens, n, C)
+        H_pre, H_post, H_res = count("coefficients", lambda: conn.mappings(x))
+        count("H_pre", lambda: ops.pre_mix(x, H_pre))
+        count("H_post+H_res+merge", lambda: ops.post_res_mix(x, H_res, H_post, y))
+    rows.append(
+        {
+            "op": "total",
+            "read_bytes": sum(r["read_bytes"] for r in rows),
+            "write_bytes": sum(r["write_bytes"] for r in rows),
+        }
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.measure", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scales", nargs="+", required=True, help="registry scales to measure")
+    parser.add_argument("--model-overrides", default="{}", help="JSON {scale: {model overrides}}, as in the config")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per arch (after 2 warm-up rounds)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    try:
+        overrides = json.loads(args.model_overrides)
+        configs = {s: {a: scale_config(s, a, overrides.get(s, {})) for a in ARCHS} for s in args.scales}
+    except (ConfigError, json.JSONDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "device": device.type,
+        "overhead": [],
+        "memory": [],
+        "traffic": [],
+    }
+    for scale, by_arch in configs.items():
+        print(f"[measure] {scale}: step time ({args.steps} steps x {len(ARCHS)} archs)", file=sys.stderr)
+        ms = step_times(by_arch, args.batch, min(args.seq, by_arch["baseline"].max_seq_len), args.steps, device)
+        kernels = "triton" if device.type == "cuda" else "reference"
+        for arch in ARCHS:
+            result["overhead"].append(
+                {
+                    "scale": scale,
+                    "arch": arch,
+                    "step_ms": ms[arch],
+                    "baseline_ms": ms["baseline"],
+                    "ratio": ms[arch] / ms["baseline"],
+                    "kernels": kernels,
+                    "device": device.type,
+                    "batch": args.batch,
+                    "seq": args.seq,
+                }
+            )
+        print(f"[measure] {scale}: saved activations and traffic", file=sys.stderr)
+        mhc = by_arch["mhc"]
+        n, C, L = mhc.connection.n, mhc.dim, 2 * mhc.n_layers
+        from models.connections.recompute import optimal_block
+
+        block = optimal_block(n, L)
+        seq = min(args.seq, mhc.max_seq_len)
+        ref = dataclasses.replace(mhc, connection=dataclasses.replace(mhc.connection, kernels="reference"))
+        rc = dataclasses.replace(ref, connection=dataclasses.replace(ref.connection, recompute_layers=block))
+        f_without, f_with = table3_elements(n, C, L, block)
+        result["memory"].append(
+            {
+                "scale": scale,
+                "n": n,
+                "C": C,
+                "L": L,
+                "L_r": block,
+                "bytes_per_element": 4,
+                "measured_without": saved_bytes_per_token(ref, seq),
+                "formula_without": 4 * f_without,
+                "measured_with": saved_bytes_per_token(rc, seq),
+                "formula_with": 4 * f_with,
+            }
+        )
+        for arch in ARCHS:
+            for row in traffic(by_arch[arch], tokens=seq):
+                result["traffic"].append(
+                    {"scale": scale, "arch": arch, "n": by_arch[arch].connection.streams(), "C": C,
+                     "bytes_per_element": 4, **row}
+                )  # fmt: skip
+    atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The experiment plan: which training runs the workflow's config asks for, and what each one is for.
+
+The Snakefile and the analysis commands both read the plan from here, so "which runs exist" has one definition.
+A run is identified by (scale, variant, seed) and lives in `results/{tier}/runs/{scale}/{variant}/seed{seed}` (each tier
+has a folder of its own, so the smoke tier never overwrites the default tier's results); a run that
+several experiments need (the main comparison's mHC run is also a compute-scaling point, say) is trained once and
+carries every role.
+
+Experiments (SPEC section 8):
+- main: every variant of `main.variants` at `main.scale` for every seed (Fig. 2, 3, 5, 7, 8, Table 4);
+- ablation: Table 1's rows (which of H_res, H_pre, H_post are learnable) at `ablation.scale`;
+- compute_scaling: `variants` at every scale of the ladder (Fig. 6a);
+- token_scaling: `variants` at one scale whose intermediate checkpoints are kept and evaluated (Fig. 6b);
+- evaluation: the benchmark suite on the runs of `evaluation.variants` x `evaluation.seeds` at the main scale;
+- mappings: the learned H_res matrices of `mappings.variants` at the main scale (Fig. 8).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def results_root(config: dict[str, Any]) -> str:
+    return f"results/{config['tier']}"
+
+
+def run_key(scale: str, variant: str, seed: int) -> str:
+    return f"{scale}/{variant}/seed{seed}"
+
+
+def learnable_maps(variant: dict[str, Any]) -> dict[str, bool]:
+    """Table 1's row for a variant: which of H_res, H_pre, H_post are learned (baseline: none)."""
+    if variant["arch"] == "baseline":
+        return {"res": False, "pre": False, "post": False}
+    conn = variant.get("connection", {})
+    return {name: bool(conn.get(f"learn_{name}", True)) for name in ("res", "pre", "post")}
+
+
+def build_plan(config: dict[str, Any]) -> dict[str, Any]:
+    """{experiment sections..., "runs": {key: {scale, variant, arch, seed, dir, roles}}} from a validated config."""
+    variants = config["variants"]
+    runs: dict[str, dict[str, Any]] = {}
+
+    def add(scale: str, variant: str, seed: int, role: str) -> None:
+        key = run_key(scale, variant, seed)
+        run = runs.setdefault(
+            key,
+            {
+                "scale": scale,
+                "variant": variant,
+                "arch": variants[variant]["arch"],
+                "seed": int(seed),
+                "dir": f"{results_root(config)}/runs/{key}",
+                "roles": [],
+            },
+        )
+        if role not in run["roles"]:
+            run["roles"].append(role)
+
+    main = config["main"]
+    for variant in main["variants"]:
+        for seed in main["seeds"]:
+            add(main["scale"], variant, seed, "main")
+    ablation = config["ablation"]
+    for variant in ablation["variants"]:
+        for seed in ablation["seeds"]:
+            add(ablation["scale"], variant, seed, "ablation")
+    scaling = config["compute_scaling"]
+    for scale in scaling["scales"]:
+        for variant in scaling["variants"]:
+            for seed in scaling["seeds"]:
+                add(scale, variant, seed, "compute_scaling")
+    tokens = config["token_scaling"]
+    for variant in tokens["variants"]:
+        add(tokens["scale"], variant, tokens["seed"], "token_scaling")
+    evaluation = config["evaluation"]
+    for variant in evaluation["variants"]:
+        for seed in evaluation["seeds"]:
+            add(main["scale"], variant, seed, "evaluation")
+    mappings = config["mappings"]
+    for variant in mappings["variants"]:
+        add(main["scale"], variant, mappings["seed"], "mappings")
+
+    for name, section in (("main", main), ("ablation", ablation), ("token_scaling", tokens)):
+        if section.get("scale") not in config["scales"]:
+            raise ValueError(f"{name}.scale {section.get('scale')!r} is not one of config 'scales'")
+    for run in runs.values():
+        if run["scale"] not in config["scales"]:
+            raise ValueError(f"scale {run['scale']!r} is used by a run but not defined under config 'scales'")
+        if run["variant"] not in variants:
+            raise ValueError(f"variant {run['variant']!r} is used by a run but not defined under config 'variants'")
+    check_overrides(config, runs)
+    for variant in mappings["variants"]:
+        if variants[variant]["arch"] == "baseline":
+            raise ValueError(f"mappings.variants: {variant!r} is the residual baseline, which has no H_res to show")
+
+    return {
+        "tier": config["tier"],
+        "main": {"scale": main["scale"], "variants": list(main["variants"]), "seeds": list(main["seeds"])},
+        "ablation": {
+            "scale": ablation["scale"],
+            "seeds": list(ablation["seeds"]),
+            "rows": [{"variant": v, **learnable_maps(variants[v])} for v in ablation["variants"]],
+        },
+        "compute_scaling": {k: list(scaling[k]) for k in ("scales", "variants", "seeds")},
+        "token_scaling": {"scale": tokens["scale"], "variants": list(tokens["variants"]), "seed": tokens["seed"]},
+        "eval": {
+            "variants": list(evaluation["variants"]),
+            "seeds": list(evaluation["seeds"]),
+            "limit": evaluation.get("limit"),
+            "tasks": evaluation["tasks"],
+        },
+        "mappings": {"scale": main["scale"], "variants": list(mappings["variants"]), "seed": mappings["seed"]},
+        "measurements": dict(config["measurements"]),
+        "scales": {
+            name: {"model": effective_model(config, name), "train": effective_train(config, name)}
+            for name in sorted({run["scale"] for run in runs.values()} | set(config["measurements"]["scales"]))
+        },
+        "runs": runs,
+    }
+
+
+def check_overrides(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+    """Build every run's model and train config now, so that a misspelled or ill-typed override inside `scales` or
+    `variants` stops the workflow at parse time (naming the key) instead of failing a job hours later."""
+    from models.config import ConfigError, ModelConfig, TrainConfig, from_dict, validate_model_config
+
+    for scale in sorted({run["scale"] for run in runs.values()} | set(config["measurements"]["scales"])):
+        try:
+            model = effective_model(config, scale)
+            from_dict(TrainConfig, effective_train(config, scale), _path=f"scales.{scale}.train")
+        except ConfigError as err:
+            raise ValueError(f"config scales.{scale}: {err}") from None
+        for name in sorted({run["variant"] for run in runs.values() if run["scale"] == scale}):
+            variant = config["variants"][name]
+            conn = {**model.get("connection", {}), **variant.get("connection", {}), "arch": variant["arch"]}
+            try:
+                validate_model_config(from_dict(ModelConfig, {**model, "connection": conn}, _path="model"))
+            except ConfigError as err:
+                raise ValueError(f"config variants.{name} at scale {scale}: {err}") from None
+
+
+def flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    """{"a": {"b": 1}} -> [("a.b", 1)]: nested overrides as the dotted keys `models.train --set` takes."""
+    if isinstance(value, dict):
+        if not value:
+            return []
+        out: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            out += flatten(f"{prefix}.{key}" if prefix else key, item)
+        return out
+    return [(prefix, value)]
+
+
+def effective_train(config: dict[str, Any], scale: str) -> dict[str, Any]:
+    """The registry scale's optimiser/schedule settings with the config's overrides."""
+    from models.config import to_dict
+    from models.registry import get_scale
+
+    return {**to_dict(get_scale(scale).train), **config["scales"][scale].get("train", {})}
+
+
+def effective_model(config: dict[str, Any], scale: str) -> dict[str, Any]:
+    """The registry scale's model config (as a dict) with the config's overrides merged in."""
+    from models.config import to_dict
+    from models.registry import get_scale
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    return merge(to_dict(get_scale(scale).model), config["scales"][scale].get("model", {}))
+
+
+def train_overrides(config: dict[str, Any], run: dict[str, Any], shards_dir: str) -> list[str]:
+    """The `--set key=value` list that defines one training run (its identity: changing it retrains the run).
+
+    Values are JSON-encoded, which the trainer's YAML parser reads back as the same types (3e-3 in YAML would be
+    a string; 0.003 is a float)."""
+    scale = config["scales"][run["scale"]]
+    variant = config["variants"][run["variant"]]
+    steps_kept = int(scale.get("checkpoints", 2))
+    items: list[tuple[str, Any]] = [("scale", run["scale"]), ("arch", variant["arch"]), ("seed", run["seed"])]
+    items += flatten("model", scale.get("model", {}))
+    items += flatten("model.connection", variant.get("connection", {}))
+    items += flatten("train", scale.get("train", {}))
+    items += [("data.shards_dir", shards_dir)]
+    if config.get("data_root"):
+        items += [("data.root", config["data_root"])]
+    items += flatten("run", config.get("run", {}))
+    # keep `checkpoints` evenly spaced checkpoints (token scaling evaluates them)
+    items += [("run.ckpt_interval", max(1, effective_train(config, run["scale"])["steps"] // steps_kept))]
+    items += [("run.keep_checkpoints", steps_kept)]
+    return [f"{key}={json.dumps(value)}" for key, value in items]

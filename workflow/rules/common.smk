@@ -1,0 +1,83 @@
+# Configuration, validation and the experiment plan (no rules here).
+import json
+import os
+import re
+import shlex
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from analysis.plan import build_plan, results_root, train_overrides
+
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as err:
+    # jsonschema's own message is long; lead with the offending key so a typo is found at a glance
+    match = re.search(r"Additional properties are not allowed \((.*?) (?:was|were) unexpected\)", str(err))
+    where = re.search(r"On instance(\[.*?\])?:", str(err))
+    if match:
+        path = where.group(1) if where and where.group(1) else "the top level"
+        raise WorkflowError(f"config: unknown key {match.group(1)} in {path} (see workflow/schemas/config.schema.yaml)")
+    raise
+
+try:
+    PLAN = build_plan(config)
+except ValueError as err:
+    raise WorkflowError(str(err))
+
+RESULTS = results_root(config)  # results/<tier>: tiers never overwrite each other
+RUNS = PLAN["runs"]
+RUN = f"{RESULTS}/runs/{{scale}}/{{variant}}/seed{{seed}}"
+RUN_LOG = f"{{scale}}/{{variant}}/seed{{seed}}"
+
+
+wildcard_constraints:
+    scale="|".join(map(re.escape, config["scales"])),
+    variant="|".join(map(re.escape, config["variants"])),
+    seed=r"\d+",
+    dataset="|".join(map(re.escape, config["datasets"])),
+
+
+def run_files(name, role=None):
+    """The file `name` of every planned run (with the given role)."""
+    return [f"{run['dir']}/{name}" for run in RUNS.values() if role is None or role in run["roles"]]
+
+
+def dataset_of(wildcards):
+    return config["scales"][wildcards.scale]["dataset"]
+
+
+def run_of(wildcards):
+    key = f"{wildcards.scale}/{wildcards.variant}/seed{wildcards.seed}"
+    if key not in RUNS:
+        raise WorkflowError(f"run {key} is not part of the experiment plan of tier {config['tier']}")
+    return RUNS[key]
+
+
+def run_folder(wildcards, input=None, output=None):
+    """The run folder: the directory of the job's final.json (input or output)."""
+    files = output if output is not None and "summary" in output.keys() else input
+    return os.path.dirname(files.summary)
+
+
+def train_args(wildcards, input):
+    """`--set key=value ...` defining one run: its identity (a change here retrains that run, and only that run)."""
+    shards = os.path.dirname(input.manifest)
+    return " ".join(f"--set {shlex.quote(item)}" for item in train_overrides(config, run_of(wildcards), shards))
+
+
+def train_launcher(wildcards):
+    gpus = int(config["scales"][wildcards.scale].get("gpus", 0))
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} -m models.train"
+    return "python -m models.train"
+
+
+def tracking_input(wildcards):
+    # The tracking URI and experiment reach the jobs through this file, not through params: editing them must not
+    # retrain every run. ancient(): a re-initialised store (new mtime) does not retrain finished runs either.
+    return [ancient(f"{RESULTS}/mlflow_experiment.json")] if config["tracking"]["enabled"] else []
+
+
+def tracking_flag(wildcards, input):
+    return f"--tracking-file {input.tracking}" if input.tracking else ""

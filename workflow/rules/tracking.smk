@@ -1,0 +1,19 @@
+rule mlflow_init:
+    """Create the MLflow store and experiment once, before any tracking job: concurrent jobs opening a fresh SQLite
+    store race on its schema migration (ecosystem notes, MLflow section 3.2)."""
+    output:
+        f"{RESULTS}/mlflow_experiment.json",
+    params:
+        uri=config["tracking"].get("tracking_uri", "sqlite:///results/mlflow.db"),
+        experiment=config["tracking"].get("experiment", "mhc-replication"),
+    log:
+        "results/logs/mlflow_init.log",
+    conda:
+        "../envs/mhc.yaml"
+    shell:
+        "python -m models.tracking init --uri {params.uri:q} --experiment {params.experiment:q} "
+        '--artifact-location "$PWD/results/mlflow/artifacts" --out {output} > {log} 2>&1'
+
+
+localrules:
+    mlflow_init,
