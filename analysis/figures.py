@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import paper  # noqa: E402
 from .tables import (  # noqa: E402
@@ -356,6 +357,7 @@ def _amax_figure(index: dict[str, Any], variant: str, reference: float, note: st
             ax.axhline(reference, color="k", ls="--", lw=1, label=f"paper (27B, 60 sub-layers): ≈{reference:g}")
         ax.set_yscale("log")
         ax.set(xlabel="sub-layer index l (attention = odd, FFN = even)", ylabel="Amax gain magnitude (×, log)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)

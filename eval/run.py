@@ -86,11 +86,12 @@ def log_to_mlflow(checkpoint: Path, results: dict, out: Path) -> None:
     if not tracking.get("enabled"):
         return
     from models.tracking import Tracker
+    from models.train import display_name
 
     tracker = Tracker(
         tracking["tracking_uri"],
         tracking["experiment"],
-        run_name=f"eval-{run_dir.name}",
+        run_name=f"eval {display_name(run_dir)}",
         params={"tasks": ",".join(sorted(results.get("results", {})))},
         tags={"kind": "evaluation", "checkpoint": str(checkpoint.resolve())},
         parent_run_id=id_file.read_text().strip(),

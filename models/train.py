@@ -533,7 +533,7 @@ class Trainer:
             cfg.tracking.enabled and self.dist.main,
             tracking_uri=cfg.tracking.tracking_uri,
             experiment=cfg.tracking.experiment,
-            run_name=self.out.name,
+            run_name=display_name(self.out),
             params={"config": to_dict(cfg), "model": to_dict(self.model_cfg), "train": to_dict(t)},
             tags={
                 "arch": cfg.arch,
@@ -624,6 +624,16 @@ class Trainer:
         self.append("diagnostics.jsonl", {"step": self.step, **curves})
         self.append("metrics.jsonl", summary)
         tracker.log_metrics({k: v for k, v in summary.items() if k != "step"}, step=self.step)
+
+
+def display_name(run_dir: Path) -> str:
+    """A readable MLflow run name: the path below the nearest `runs/` folder (the workflow's
+    results/<tier>/runs/<scale>/<variant>/seed<N> -> "<scale>/<variant>/seed<N>"), else the folder name."""
+    parts = run_dir.resolve().parts
+    if "runs" in parts[:-1]:
+        below = parts[len(parts) - 1 - parts[::-1].index("runs") + 1 :]
+        return "/".join(below)
+    return run_dir.name
 
 
 def read_tracking_file(path: Path) -> tuple[str, str]:

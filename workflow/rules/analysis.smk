@@ -12,6 +12,8 @@ rule checkpoint_losses:
         batches=config["token_scaling"].get("val_batches", 16),
     log:
         f"{RESULTS}/logs/checkpoint_losses/{RUN_LOG}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/checkpoint_losses/{RUN_LOG}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -33,6 +35,8 @@ rule mappings:
         run_dir=run_folder,
     log:
         f"{RESULTS}/logs/mappings/{RUN_LOG}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mappings/{RUN_LOG}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -78,6 +82,8 @@ rule plan:
         plan=PLAN,
     log:
         f"{RESULTS}/logs/plan.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plan.tsv"
     conda:
         "../envs/mhc.yaml"
     run:
@@ -97,6 +103,8 @@ rule index:
         f"{RESULTS}/analysis/runs.json",
     log:
         f"{RESULTS}/logs/index.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/index.tsv"
     conda:
         "../envs/mhc.yaml"
     shell:

@@ -26,6 +26,8 @@ rule tables:
         out=lambda wildcards, output: os.path.dirname(output[0]),
     log:
         f"{RESULTS}/logs/tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tables.tsv"
     conda:
         "../envs/mhc.yaml"
     shell:
@@ -52,6 +54,8 @@ rule figures:
         out=lambda wildcards, output: os.path.dirname(output[0]),
     log:
         f"{RESULTS}/logs/figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures.tsv"
     conda:
         "../envs/mhc.yaml"
     shell:
@@ -70,6 +74,8 @@ rule report:
         tables=lambda wildcards, input: os.path.dirname(input.tables[0]),
     log:
         f"{RESULTS}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report.tsv"
     conda:
         "../envs/mhc.yaml"
     shell:

@@ -8,6 +8,8 @@ rule mlflow_init:
         experiment=config["tracking"].get("experiment", "mhc-replication"),
     log:
         "results/logs/mlflow_init.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mlflow_init.tsv"
     conda:
         "../envs/mhc.yaml"
     shell:
