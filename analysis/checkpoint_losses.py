@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=16, help="validation batches per checkpoint")
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     from eval.lm import load_for_eval
     from models.data import load_shard, val_batches
@@ -50,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     points, batches = [], None
     try:
         for path in tqdm(steps, desc=f"checkpoint losses {run}", unit="ckpt"):
-            model, _, sidecar = load_for_eval(path)
+            model, _, sidecar = load_for_eval(path, device)
             train = sidecar["train_config"]
             if batches is None:
                 tokens = load_shard(Path(sidecar["data"]["shards"]), "val")
-                batches = val_batches(tokens, train["batch_size"], train["seq_len"], args.batches)
+                fixed = val_batches(tokens, train["batch_size"], train["seq_len"], args.batches)
+                batches = [b.to(device) for b in fixed]
             step = int(sidecar["step"])
             tokens_seen = step * train["batch_size"] * train["seq_len"]
             points.append({"step": step, "tokens": tokens_seen, "val_loss": validation_loss(model, batches)})

@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.mappings", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="training run directory (its final model is used)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     from eval.lm import load_for_eval
     from models.data import load_shard, val_batches
@@ -64,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(Path(args.out), json.dumps(skipped, indent=1) + "\n")
         return 0
     try:
-        model, _, sidecar = load_for_eval(args.run)
+        model, _, sidecar = load_for_eval(args.run, device)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     train = sidecar["train_config"]
     tokens = load_shard(Path(sidecar["data"]["shards"]), "val")
-    sequence = val_batches(tokens, 1, train["seq_len"], 1)[0][:, :-1]
+    sequence = val_batches(tokens, 1, train["seq_len"], 1)[0][:, :-1].to(device)
     try:
         result = learned_mappings(model, sequence)
     except ValueError as err:

@@ -73,7 +73,8 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
                 add(scale, variant, seed, "compute_scaling")
     tokens = config["token_scaling"]
     for variant in tokens["variants"]:
-        add(tokens["scale"], variant, tokens["seed"], "token_scaling")
+        for seed in tokens["seeds"]:
+            add(tokens["scale"], variant, seed, "token_scaling")
     evaluation = config["evaluation"]
     for variant in evaluation["variants"]:
         for seed in evaluation["seeds"]:
@@ -104,7 +105,11 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
             "rows": [{"variant": v, **learnable_maps(variants[v])} for v in ablation["variants"]],
         },
         "compute_scaling": {k: list(scaling[k]) for k in ("scales", "variants", "seeds")},
-        "token_scaling": {"scale": tokens["scale"], "variants": list(tokens["variants"]), "seed": tokens["seed"]},
+        "token_scaling": {
+            "scale": tokens["scale"],
+            "variants": list(tokens["variants"]),
+            "seeds": list(tokens["seeds"]),
+        },
         "eval": {
             "variants": list(evaluation["variants"]),
             "seeds": list(evaluation["seeds"]),
@@ -192,6 +197,7 @@ def train_overrides(config: dict[str, Any], run: dict[str, Any], shards_dir: str
         items += [("data.root", config["data_root"])]
     items += flatten("run", config.get("run", {}))
     # keep `checkpoints` evenly spaced checkpoints (token scaling evaluates them)
-    items += [("run.ckpt_interval", max(1, effective_train(config, run["scale"])["steps"] // steps_kept))]
+    interval = scale.get("ckpt_interval") or max(1, effective_train(config, run["scale"])["steps"] // steps_kept)
+    items += [("run.ckpt_interval", int(interval))]
     items += [("run.keep_checkpoints", steps_kept)]
     return [f"{key}={json.dumps(value)}" for key, value in items]

@@ -197,10 +197,11 @@ def amax_run(index: dict[str, Any], variant: str) -> dict[str, Any] | None:
 def compute_scaling_points(index: dict[str, Any]) -> list[dict[str, Any]]:
     """Per compute-scaling scale: FLOPs, the paired mHC − baseline final val-loss gap (CI) and the loss ratio."""
     section = index.get("compute_scaling") or {}
-    seeds = section_seeds(section)
     scales = index.get("scales") or {}
     points = []
     for scale in section.get("scales") or []:
+        # every seed run at this scale counts (the main scale has the main comparison's seeds)
+        seeds = sorted({int(r["seed"]) for r in (index.get("runs") or {}).values() if r.get("scale") == scale})
         spec = scales.get(scale) or {}
         flops = spec.get("flops")
         if not is_number(flops) and is_number(spec.get("params_active")) and is_number(spec.get("tokens")):

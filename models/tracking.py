@@ -622,20 +622,30 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--experiment", required=True, action="append", help="experiment name (repeatable)")
     init.add_argument("--artifact-location", default=None, help="artifact root for new experiments")
     init.add_argument("--out", default=None, help="write {tracking_uri, experiments: {name: id}} as JSON here")
+    init.add_argument(
+        "--disabled",
+        action="store_true",
+        help="tracking is off: create nothing, write {enabled: false} to --out (jobs then track nothing)",
+    )
     args = parser.parse_args(argv)
 
-    try:
-        ids = {name: init_store(args.uri, name, args.artifact_location) for name in args.experiment}
-    except Exception as exc:  # a clear one-line error and a non-zero exit, not a traceback
-        print(f"error: could not initialise MLflow store {args.uri!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    if args.disabled:
+        ids: dict[str, str] = {}
+    else:
+        try:
+            ids = {name: init_store(args.uri, name, args.artifact_location) for name in args.experiment}
+        except Exception as exc:  # a clear one-line error and a non-zero exit, not a traceback
+            why = f"{type(exc).__name__}: {exc}"
+            print(f"error: could not initialise MLflow store {args.uri!r}: {why}", file=sys.stderr)
+            return 1
     for name, exp_id in ids.items():
         print(f"{name}\t{exp_id}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"tracking_uri": args.uri, "experiments": ids}, indent=2) + "\n")
+        record = {"enabled": not args.disabled, "tracking_uri": args.uri, "experiments": ids}
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
         tmp.replace(out)  # atomic: a reader never sees half a file
     return 0
 

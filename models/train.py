@@ -314,6 +314,11 @@ class Trainer:
                     f"{ckpt} was written by a different configuration (config hash {sidecar.get('config_hash')}, "
                     f"this run {self.hash}); use another --out"
                 )
+            if sidecar.get("data", {}).get("sha256") != shard_checksums(self.manifest):
+                raise CheckpointError(
+                    f"{ckpt} was trained on other data than {self.shards} now holds (shard sha256 differ); "
+                    "use another --out"
+                )
             self.load_states(*split_state(sidecar, tensors))
             self.loader.load_state_dict(sidecar["loader"])
             self.step = sidecar["step"]
@@ -399,7 +404,7 @@ class Trainer:
             "git_sha": git_sha(),
             "data": {
                 "shards": str(self.shards),
-                "sha256": {k: v["sha256"] for k, v in self.manifest["shards"].items()},
+                "sha256": shard_checksums(self.manifest),
                 "tokenizer_sha256": self.manifest.get("tokenizer_sha256"),
             },
             "torch": torch.__version__,
@@ -637,26 +642,48 @@ def display_name(run_dir: Path) -> str:
 
 
 def read_tracking_file(path: Path) -> tuple[str, str]:
+    """(tracking URI, experiment) from `models.tracking init --out`'s file; ("", "") when it says tracking is off."""
     try:
         data = json.loads(path.read_text())
+        if data.get("enabled") is False:
+            return "", ""
         (experiment,) = data["experiments"]
         return data["tracking_uri"], experiment
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"tracking file {path} is unreadable or not one experiment ({err})") from None
 
 
-def move_stale_run(out: Path, current_hash: str) -> None:
-    """Move a run folder written under another configuration out of the way (never delete it)."""
+def shard_checksums(manifest: dict) -> dict[str, str]:
+    return {k: v["sha256"] for k, v in manifest["shards"].items()}
+
+
+def is_stale(out: Path, current_hash: str, data_sha256: dict[str, str] | None) -> str | None:
+    """The recorded config hash of RUN_DIR when it holds a run of another configuration or of other data."""
     sidecar = out / "config.json"
     if not sidecar.is_file():
+        return None
+    recorded = json.loads(sidecar.read_text())
+    old = recorded.get("config_hash")
+    other_data = data_sha256 is not None and recorded.get("data", {}).get("sha256") != data_sha256
+    return old if old and (old != current_hash or other_data) else None
+
+
+def move_stale_run(out: Path, current_hash: str, data_sha256: dict[str, str] | None, rank: int) -> None:
+    """Move a run folder written under another configuration (or on other data) out of the way, never delete it.
+    Under torchrun only rank 0 moves it; the other ranks wait until it is gone."""
+    if rank != 0:
+        deadline = time.monotonic() + 300
+        while is_stale(out, current_hash, data_sha256) and time.monotonic() < deadline:
+            time.sleep(1)
         return
-    old = json.loads(sidecar.read_text()).get("config_hash")
-    if old and old != current_hash:
-        target = out.with_name(f"{out.name}.stale-{old}")
-        if target.exists():
-            raise ConfigError(f"{out} holds a run of another configuration and {target} exists already")
-        os.replace(out, target)
-        print(f"{out} held a run of another configuration ({old}); moved it to {target}", file=sys.stderr)
+    old = is_stale(out, current_hash, data_sha256)
+    if old is None:
+        return
+    target = out.with_name(f"{out.name}.stale-{old}")
+    if target.exists():
+        target = out.with_name(f"{out.name}.stale-{old}-{int(time.time())}")
+    os.replace(out, target)
+    print(f"{out} held a run of another configuration or other data ({old}); moved it to {target}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -697,7 +724,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.experiment:
             cfg.tracking.experiment = args.experiment
         if args.replace_stale:
-            move_stale_run(Path(args.out), config_hash(cfg))
+            shards = Path(cfg.data.shards_dir) / "manifest.json" if cfg.data.shards_dir else None
+            data = shard_checksums(json.loads(shards.read_text())) if shards and shards.is_file() else None
+            move_stale_run(Path(args.out), config_hash(cfg), data, int(os.environ.get("RANK", "0")))
         trainer = Trainer(cfg, Path(args.out))
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,9 +60,11 @@ def run_folder(wildcards, input=None, output=None):
     return os.path.dirname(files.summary)
 
 
-def train_args(wildcards, input):
-    """`--set key=value ...` defining one run: its identity (a change here retrains that run, and only that run)."""
-    shards = os.path.dirname(input.manifest)
+def train_args(wildcards):
+    """`--set key=value ...` defining one run: its identity (a change here retrains that run, and only that run).
+    A function of the wildcards only: Snakemake leaves params functions that take `input` or `output` out of its
+    params rerun trigger, and this one must be in it."""
+    shards = f"results/data/{dataset_of(wildcards)}"
     return " ".join(f"--set {shlex.quote(item)}" for item in train_overrides(config, run_of(wildcards), shards))
 
 
@@ -74,10 +76,7 @@ def train_launcher(wildcards):
 
 
 def tracking_input(wildcards):
-    # The tracking URI and experiment reach the jobs through this file, not through params: editing them must not
-    # retrain every run. ancient(): a re-initialised store (new mtime) does not retrain finished runs either.
-    return [ancient(f"{RESULTS}/mlflow_experiment.json")] if config["tracking"]["enabled"] else []
-
-
-def tracking_flag(wildcards, input):
-    return f"--tracking-file {input.tracking}" if input.tracking else ""
+    # The tracking settings reach the jobs through this file (written by mlflow_init, also when tracking is off),
+    # not through params: editing the URI or switching tracking on or off must not retrain any run. ancient(): a
+    # re-initialised store (new mtime) does not retrain finished runs either.
+    return ancient(f"{RESULTS}/mlflow_experiment.json")

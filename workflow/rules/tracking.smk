@@ -1,11 +1,13 @@
 rule mlflow_init:
     """Create the MLflow store and experiment once, before any tracking job: concurrent jobs opening a fresh SQLite
-    store race on its schema migration (ecosystem notes, MLflow section 3.2)."""
+    store race on its schema migration (ecosystem notes, MLflow section 3.2). With tracking off it only writes a
+    file saying so, which the training jobs read (switching tracking on or off retrains nothing)."""
     output:
         f"{RESULTS}/mlflow_experiment.json",
     params:
         uri=config["tracking"].get("tracking_uri", "sqlite:///results/mlflow.db"),
         experiment=config["tracking"].get("experiment", "mhc-replication"),
+        disabled="" if config["tracking"]["enabled"] else "--disabled",
     log:
         "results/logs/mlflow_init.log",
     benchmark:
@@ -13,7 +15,7 @@ rule mlflow_init:
     conda:
         "../envs/mhc.yaml"
     shell:
-        "python -m models.tracking init --uri {params.uri:q} --experiment {params.experiment:q} "
+        "python -m models.tracking init --uri {params.uri:q} --experiment {params.experiment:q} {params.disabled} "
         '--artifact-location "$PWD/results/mlflow/artifacts" --out {output} > {log} 2>&1'
 
 

@@ -10,7 +10,7 @@ rule train:
     params:
         run_dir=run_folder,
         launcher=train_launcher,
-        tracking=tracking_flag,
+        tracking=lambda wildcards, input: f"--tracking-file {input.tracking}",
         args=train_args,
     log:
         f"{RESULTS}/logs/train/{RUN_LOG}.log",
