@@ -6,10 +6,11 @@ Optional: `--figures DIR` (default: the report's folder/figures, linked relative
 The replication report: for each of the paper's claims, the paper's number, ours at the tier that ran, and a
 verdict decided by an explicit rule in this module (never by eye):
 
-- reproduced: the rule's evidence for the claim holds;
-- not reproduced: the evidence goes against the claim (or a stated threshold is missed);
-- not testable at this scale: the runs are missing, there are too few seeds for a confidence interval, the
-  interval is inconclusive, or what we measured is not what the paper measured.
+- reproduced: the rule's evidence for the claim holds (e.g. the 95% CI of the loss gap lies below 0);
+- not reproduced: the claim was tested with enough data and the evidence is not there: it goes against the claim,
+  is not significant (a CI that spans 0, a sign test with p >= 0.05), or a stated threshold is missed;
+- not testable at this scale: the runs are missing, there are too few seeds for a confidence interval or too few
+  decided benchmarks for a sign test, or what we measured is not what the paper measured.
 
 Loss gaps are paired by seed and given as mean ± 95% Student-t CI (n−1 dof). The report also lists every run with
 its status, links the figures, embeds the tables and lists every deviation from the paper's setup (including the
@@ -187,7 +188,7 @@ def verdict_wins(wins: int, losses: int) -> tuple[str, str]:
         return REPRODUCED, f"sign test p = {p:.3f} < {SIGN_TEST_ALPHA:g}"
     if wins <= trials / 2:
         return NOT_REPRODUCED, f"wins {wins} of {trials} ≤ half"
-    return NOT_TESTABLE, f"sign test p = {p:.3f} (inconclusive)"
+    return NOT_REPRODUCED, f"sign test p = {p:.3f} ≥ {SIGN_TEST_ALPHA:g}: not significant"
 
 
 def verdict_compute_scaling(gaps: Sequence[CI]) -> tuple[str, str]:

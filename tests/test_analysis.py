@@ -419,7 +419,7 @@ def test_verdict_wins_sign_test() -> None:
     assert report.sign_test_p(6, 8) == pytest.approx(37 / 256)
     assert report.verdict_wins(8, 0)[0] == R
     assert report.verdict_wins(7, 1)[0] == R  # p = 9/256
-    assert report.verdict_wins(6, 2)[0] == NT  # p = 0.145: inconclusive
+    assert report.verdict_wins(6, 2)[0] == NR  # p = 0.145: tested, not significant
     assert report.verdict_wins(4, 4)[0] == NR
     assert report.verdict_wins(3, 0)[0] == NT  # too few non-tied benchmarks
 
@@ -513,7 +513,8 @@ def test_tables_written_with_headers(index: dict[str, Any], tmp_path: Path) -> N
     assert (base["paper_read"], base["paper_write"], base["ours_read"]) == (128, 64, 128)
 
     t3 = {t.name: t for t in built}["table3_recompute"].frame.iloc[0]
-    assert (t3["paper_without"], t3["ours_without"], t3["paper_with"], t3["ours_with"]) == (2560, 3200, 2048, 2000)
+    assert (t3["derived_without"], t3["ours_without"], t3["derived_with"], t3["ours_with"]) == (2560, 3200, 2048, 2000)
+    assert t3["paper_stored_with"] == t3["n"] * t3["C"] * math.ceil(t3["L"] / t3["L_r"]) + t3["L"] * t3["C"]
     assert t3["paper_resident"] == 4 * 64 * 4 and t3["paper_transient_peak"] == 6 * 64 * 2
 
     over = {t.name: t for t in built}["overhead"].frame.set_index("arch")

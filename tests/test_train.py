@@ -297,3 +297,38 @@ def test_sigterm_marks_the_run_failed(tmp_path, shards):
     assert proc.returncode != 0
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed" and "signal" in status["reason"]
+
+
+@needs_corpus
+def test_workflow_flags_summary_stale_run_and_tracking_file(tmp_path, shards):
+    """--summary writes the outcome; --replace-stale moves a run of another configuration aside (without it that is
+    an error); a tracking file that says tracking is off tracks nothing; a diverged run gets a summary too."""
+    config = write_config(tmp_path / "c.yaml", shards, train={"steps": 4})
+    off = tmp_path / "tracking.json"
+    off.write_text(json.dumps({"enabled": False, "tracking_uri": "sqlite:///unused.db", "experiments": {}}))
+    out, summary = tmp_path / "run", tmp_path / "run" / "final.json"
+    proc = run_cli(config, out, "run.ckpt_interval=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = train_cmd(config, out, "run.ckpt_interval=2") + ["--summary", str(summary), "--tracking-file", str(off)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["status"] == "completed" and result["steps_done"] == 4 and result["final_val_loss"] > 0
+    assert not (out / "mlflow_run_id").exists() and not (tmp_path / "unused.db").exists()
+
+    changed = train_cmd(config, out, "run.ckpt_interval=2", "train.lr=0.001")
+    proc = subprocess.run(changed, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "different configuration" in proc.stderr
+    proc = subprocess.run(changed + ["--replace-stale"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stale = list(tmp_path.glob("run.stale-*"))
+    assert len(stale) == 1 and (stale[0] / "final.json").is_file()  # the old run is kept, not deleted
+    assert json.loads((out / "config.json").read_text())["config"]["train"]["lr"] == 0.001
+    assert "resuming" not in proc.stderr  # started afresh
+
+    diverged = write_config(tmp_path / "d.yaml", shards, train={"lr": 1e6, "warmup_steps": 1, "steps": 4})
+    cmd = train_cmd(diverged, tmp_path / "div", "run.grad_clip=0") + ["--summary", str(tmp_path / "div.json")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "div.json").read_text())
+    assert result["status"] == "diverged" and result["final_val_loss"] is None and result["model"] is None

@@ -166,6 +166,15 @@ def test_smoke_tier_runs_every_rule_then_reruns_nothing_and_rebuilds_figures_alo
     again = snakemake(tmp_path, "-n", configfile="config/smoke.yaml", timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
+    # editing one run's settings retrains that run only (and what depends on it)
+    edited = load("smoke.yaml")
+    edited["variants"]["hc-res"]["connection"]["hc_tanh"] = False
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    plan = snakemake(tmp_path, "-n", configfile=tmp_path / "edited.yaml", timeout=300)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert plan.stdout.count("rule train:") == 1 and "variant=hc-res," in plan.stdout, plan.stdout[-3000:]
+    assert "rule evaluate:" not in plan.stdout
+
     shutil.rmtree(root / "figures")
     plan = snakemake(tmp_path, "-n", configfile="config/smoke.yaml", timeout=300)
     planned = plan.stdout
@@ -224,3 +233,17 @@ def test_killing_snakemake_during_training_then_rerunning_resumes_from_the_check
     train_steps = [s for s in steps if s > 0]
     assert sorted(set(train_steps)) == list(range(1, 301)), "every step logged"
     assert json.loads((run / "final.json").read_text())["status"] == "completed"
+
+
+def test_evaluating_a_diverged_run_writes_a_skipped_result_instead_of_failing(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"status": "diverged", "reason": "non-finite loss at step 7"}))
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "eval.run", "--checkpoint", str(run), "--skip-unfinished", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["results"] == {} and "non-finite loss at step 7" in result["mhc_skipped"]
+    proc = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "e2.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not (tmp_path / "e2.json").exists()  # without the flag: an error, nothing written
