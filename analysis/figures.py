@@ -44,8 +44,24 @@ from .tables import (  # noqa: E402
 )
 
 NOT_RUN = "not run in this tier"
-COLORS = {"baseline": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4"}
-LABELS = {"baseline": "Baseline", "hc": "HC", "mhc": "mHC"}
+COLORS = {"baseline": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4", "mhc-id": "#17becf"}
+LABELS = {"baseline": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-id": "mHC (identity init)"}
+EXTRA_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
+
+
+def color_of(variant: str, order: Sequence[str] = ()) -> str:
+    """The paper's three variants have fixed colours; other variants of a tier (ablations, init variants) get the
+    next free ones in their config order."""
+    if variant in COLORS:
+        return COLORS[variant]
+    extras = [v for v in order if v not in COLORS]
+    return EXTRA_COLORS[extras.index(variant) % len(EXTRA_COLORS)] if variant in extras else "#7f7f7f"
+
+
+def label_of(variant: str) -> str:
+    return LABELS.get(variant, variant)
+
+
 FIGURES: tuple[str, ...] = (
     "fig2_hc_instability",
     "fig3_hc_amax",
@@ -242,21 +258,23 @@ def fig5_mhc_stability(index: dict[str, Any]) -> tuple[Figure, str]:
         f"paper (27B): mHC's final loss reduction vs the baseline is {abs(paper.FIG5_MHC_FINAL_LOSS_GAP)} "
         "(dashed line); its gradient norm is stable and comparable to the baseline's."
     )
-    runs = {v: _runs_with_metrics(index, scale, v, seeds) for v in ("baseline", "hc", "mhc")}
+    # the paper's three variants, then any other variant of the tier's main comparison (e.g. an init variant)
+    order = ["baseline", "hc", "mhc"] + [v for v in main.get("variants") or [] if v not in ("baseline", "hc", "mhc")]
+    runs = {v: _runs_with_metrics(index, scale, v, seeds) for v in order}
     if not runs["baseline"] or not (runs["hc"] or runs["mhc"]):
         message = " ".join(why_missing(index, v) for v in ("baseline", "hc", "mhc") if not runs[v])
         return not_run_figure(title, message, note), NOT_RUN
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(12, 4.2))
     missing = []
-    for variant in ("hc", "mhc"):
+    for variant in order[1:]:
         gaps = _gap_frames(runs[variant], runs["baseline"])
         if not gaps:
-            missing.append(LABELS[variant])
+            missing.append(label_of(variant))
             continue
         smoothed = [pd.DataFrame({"step": g["step"], "gap": ema(g["gap"])}) for g in gaps.values()]
         stats = _mean_by_step(smoothed, "gap")
-        color = COLORS[variant]
-        ax_a.plot(stats["step"], stats["mean"], color=color, lw=1.6, label=f"{LABELS[variant]} − baseline (EMA)")
+        color = color_of(variant, order)
+        ax_a.plot(stats["step"], stats["mean"], color=color, lw=1.6, label=f"{label_of(variant)} − baseline (EMA)")
         if len(gaps) > 1:
             ax_a.fill_between(
                 stats["step"],
@@ -264,7 +282,7 @@ def fig5_mhc_stability(index: dict[str, Any]) -> tuple[Figure, str]:
                 stats["max"],
                 color=color,
                 alpha=0.18,
-                label=f"{LABELS[variant]}: range over {len(gaps)} seeds",
+                label=f"{label_of(variant)}: range over {len(gaps)} seeds",
             )
         final = paired_gaps(index, scale, variant, "baseline", seeds)
         if final:
@@ -279,7 +297,7 @@ def fig5_mhc_stability(index: dict[str, Any]) -> tuple[Figure, str]:
                 color=color,
                 ms=5,
                 capsize=3,
-                label=f"{LABELS[variant]} final val gap {ci.mean:+.3f}",
+                label=f"{label_of(variant)} final val gap {ci.mean:+.3f}",
             )
         _mark_diverged(ax_a, runs[variant], variant)
     ax_a.axhline(0, color="k", lw=0.6)
@@ -297,13 +315,17 @@ def fig5_mhc_stability(index: dict[str, Any]) -> tuple[Figure, str]:
     )
     ax_a.legend(fontsize=7)
     values = []
-    for variant in ("baseline", "hc", "mhc"):
+    for variant in order:
         if not runs[variant]:
             continue
         mean = _mean_by_step([f for _, f in runs[variant].values()], "grad_norm")
         values.append(mean["mean"].to_numpy())
         ax_b.plot(
-            mean["step"], mean["mean"], color=COLORS[variant], lw=1.0, label=f"{LABELS[variant]} (mean over seeds)"
+            mean["step"],
+            mean["mean"],
+            color=color_of(variant, order),
+            lw=1.0,
+            label=f"{label_of(variant)} (mean over seeds)",
         )
     _maybe_log(ax_b, np.concatenate(values))
     ax_b.set(xlabel="training step", ylabel="gradient norm (global L2, before clipping)")
@@ -539,23 +561,25 @@ def fig8_mappings(index: dict[str, Any]) -> tuple[Figure, str]:
         "(e.g. −251.4, +509.1); mHC composite of layers 31–60 has column sums 0.41, 1.50, 1.50, 0.60. "
         "y tick labels: row sums (forward gain); x tick labels: column sums (backward gain)."
     )
-    data = {v: load_json((find_run(index, scale, v, seed) or {}).get("mappings")) for v in ("hc", "mhc")}
+    # rows: HC and mHC as in the paper, then any other variant of the tier's `mappings` section
+    order = ["hc", "mhc"] + [v for v in section.get("variants") or [] if v not in ("hc", "mhc")]
+    data = {v: load_json((find_run(index, scale, v, seed) or {}).get("mappings")) for v in order}
     data = {v: d for v, d in data.items() if isinstance(d, dict) and d.get("H_res")}
     if not data:
         return not_run_figure(title, "No mappings.json of an HC or mHC run in this tier's output.", note), NOT_RUN
     columns = max(len(mapping_panels(d)) for d in data.values())
-    fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns, 7.4), squeeze=False)
+    fig, axes = plt.subplots(len(order), columns, figsize=(3.6 * columns, 3.7 * len(order)), squeeze=False)
     fig.subplots_adjust(wspace=0.45, hspace=0.45)
     missing = []
-    for row, variant in enumerate(("hc", "mhc")):
+    for row, variant in enumerate(order):
         if variant not in data:
-            missing.append(LABELS[variant])
+            missing.append(label_of(variant))
             for ax in axes[row]:
                 ax.axis("off")
             axes[row][columns // 2].text(
                 0.5,
                 0.5,
-                f"{LABELS[variant]}: {NOT_RUN}",
+                f"{label_of(variant)}: {NOT_RUN}",
                 ha="center",
                 va="center",
                 fontsize=12,
@@ -573,12 +597,12 @@ def fig8_mappings(index: dict[str, Any]) -> tuple[Figure, str]:
                 ax.axis("off")
                 continue
             label, matrix = panels[col]
-            image = _heatmap(ax, matrix, f"{LABELS[variant]}: {label}", limit, signed)
+            image = _heatmap(ax, matrix, f"{label_of(variant)}: {label}", limit, signed)
             if col == 0:
                 ax.set_ylabel("row sum (forward gain)")
             ax.set_xlabel("column sum (backward gain)", fontsize=7)
         if image is not None:
-            fig.colorbar(image, ax=list(axes[row]), shrink=0.8, label=f"{LABELS[variant]} H_res entry")
+            fig.colorbar(image, ax=list(axes[row]), shrink=0.8, label=f"{label_of(variant)} H_res entry")
     fig.suptitle(title, fontsize=10)
     _note(fig, note)
     return fig, "ok" if not missing else f"partial: {', '.join(missing)} {NOT_RUN}"

@@ -526,7 +526,8 @@ def loss_section(index: dict[str, Any]) -> list[str]:
         values = [v for v in losses.values() if v is not None]
         per_seed = ", ".join(f"{s}: {v:.4f}" for s, v in losses.items() if v is not None) or "none"
         lines.append(f"| final val loss, {variant} | {_ci_abs(mean_ci(values))} | {per_seed} |")
-    for a, b in (("mhc", "baseline"), ("hc", "baseline"), ("mhc", "hc")):
+    pairs = [(v, "baseline") for v in variants if v != "baseline"] + [("mhc", "hc")]
+    for a, b in pairs:
         if a in variants and b in variants:
             gaps = paired_gaps(index, scale, a, b, seeds)
             per_seed = ", ".join(f"{s}: {g:+.4f}" for s, g in gaps.items()) or "none"
