@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from . import paper  # noqa: E402
 from .tables import (  # noqa: E402
@@ -45,7 +45,7 @@ from .tables import (  # noqa: E402
 
 NOT_RUN = "not run in this tier"
 COLORS = {"baseline": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4", "mhc-id": "#17becf"}
-LABELS = {"baseline": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-id": "mHC (identity init)"}
+LABELS = {"baseline": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-id": "mHC-id"}
 EXTRA_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
 
 
@@ -377,8 +377,16 @@ def _amax_figure(index: dict[str, Any], variant: str, reference: float, note: st
         ax.axhline(paper.AMAX_IDEAL, color="grey", ls=":", lw=0.8, label="ideal gain 1")
         if kind == "composite":
             ax.axhline(reference, color="k", ls="--", lw=1, label=f"paper (27B, 60 sub-layers): ≈{reference:g}")
-        ax.set_yscale("log")
-        ax.set(xlabel="sub-layer index l (attention = odd, FFN = even)", ylabel="Amax gain magnitude (×, log)")
+        values = np.array([v for v in (*fwd, *bwd, *min_col) if is_number(v) and v > 0], dtype=float)
+        if kind == "single" and values.size and values.max() / values.min() < 1.1:
+            # all gains within 10% of each other (mHC: 1 up to Sinkhorn's ~1e-8): a log axis would label every tick
+            # "10^0"; a linear axis with an offset shows the deviations from 1 readably
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=1.0))
+            scale = "linear, offset 1"
+        else:
+            ax.set_yscale("log")
+            scale = "log"
+        ax.set(xlabel="sub-layer index l (attention = odd, FFN = even)", ylabel=f"Amax gain magnitude (×, {scale})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=7)
