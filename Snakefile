@@ -31,3 +31,9 @@ rule all:
         rules.report.output,
         rules.tables.output,
         rules.figures.output,
+        # every run's own outputs too: Snakemake does not rebuild a missing intermediate file whose consumers are up
+        # to date, so without these, deleting one run would not retrain it
+        run_files("final.json"),
+        run_files("eval.json", "evaluation"),
+        run_files("checkpoint_losses.json", "token_scaling"),
+        run_files("mappings.json", "mappings"),

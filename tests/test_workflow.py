@@ -175,6 +175,14 @@ def test_smoke_tier_runs_every_rule_then_reruns_nothing_and_rebuilds_figures_alo
     assert plan.stdout.count("rule train:") == 1 and "variant=hc-res," in plan.stdout, plan.stdout[-3000:]
     assert "rule evaluate:" not in plan.stdout
 
+    # deleting one run's folder retrains that run only, then rebuilds what reads it
+    run = tmp_path / index["runs"]["cpu-d4/baseline/seed0"]["dir"]
+    run.rename(tmp_path / "moved")
+    plan = snakemake(tmp_path, "-n", configfile="config/smoke.yaml", timeout=300)
+    assert plan.stdout.count("rule train:") == 1 and "scale=cpu-d4, variant=baseline, seed=0" in plan.stdout
+    assert "rule evaluate:" not in plan.stdout and "rule measure:" not in plan.stdout
+    (tmp_path / "moved").rename(run)
+
     shutil.rmtree(root / "figures")
     plan = snakemake(tmp_path, "-n", configfile="config/smoke.yaml", timeout=300)
     planned = plan.stdout
