@@ -696,14 +696,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="write a JSON summary here once the run has ended (completed or diverged); never on a crash",
     )
-    # Tracking settings as flags of their own, so a workflow can pass them without making them part of the
-    # run's identity (editing the tracking URI must not retrain anything). An empty value leaves the config's.
     parser.add_argument(
         "--replace-stale",
         action="store_true",
         help="if RUN_DIR holds a run of a different configuration, move it aside to RUN_DIR.stale-<hash> and start "
         "afresh (the workflow uses this when a run's settings were edited); without it that is an error",
     )
+    # Tracking settings as flags of their own, so a workflow can pass them without making them part of the
+    # run's identity (editing the tracking URI must not retrain anything). An empty value leaves the config's.
     parser.add_argument("--tracking-uri", default="", help="enable MLflow tracking to this URI")
     parser.add_argument("--experiment", default="", help="MLflow experiment name")
     parser.add_argument(
