@@ -38,8 +38,8 @@ def snakemake(workdir: Path, *args: str, configfile: Path | str = "config/config
 def test_default_tier_plan_trains_each_run_once_with_all_its_roles():
     plan = build_plan(load("config.yaml"))
     runs = plan["runs"]
-    # main 3 variants x 3 seeds, ablation adds hc-res and hc-res-pre, compute scaling adds cpu-d4/cpu-d6 x 2
-    assert len(runs) == 9 + 2 + 4
+    # main 4 variants x 3 seeds, ablation adds hc-res and hc-res-pre, compute scaling adds cpu-d4/cpu-d6 x 2
+    assert len(runs) == 12 + 2 + 4
     mhc0 = runs["cpu-d8/mhc/seed0"]
     assert set(mhc0["roles"]) == {"main", "compute_scaling", "token_scaling", "evaluation", "mappings"}
     assert runs["cpu-d8/hc/seed0"]["roles"] == ["main", "ablation", "evaluation", "mappings"]
