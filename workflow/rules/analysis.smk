@@ -49,7 +49,8 @@ rule mappings:
 
 rule measure:
     """Step-time overhead (HC, mHC vs baseline), saved activations with and without recomputation (Table 3) and
-    memory traffic per token (Table 2). Takes every core so that nothing else runs during the timing."""
+    memory traffic per token (Table 2). Takes every core so that nothing else of this workflow runs during the timing
+    (another process on the machine, even one, makes multi-threaded CPU timings meaningless)."""
     output:
         f"{RESULTS}/analysis/measurements.json",
     params:
@@ -70,7 +71,8 @@ rule measure:
     conda:
         "../envs/mhc.yaml"
     shell:
-        "python -m analysis.measure --scales {params.scales} --model-overrides {params.overrides:q} "
+        "OMP_NUM_THREADS={threads} python -m analysis.measure --scales {params.scales} "
+        "--model-overrides {params.overrides:q} "
         "--batch {params.batch} --seq {params.seq} --steps {params.steps} --out {output} > {log} 2>&1"
 
 
