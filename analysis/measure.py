@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.checkpoint import atomic_write_text
-from models.config import ConfigError, ModelConfig, from_dict, to_dict, validate_model_config
+from models.config import ConfigError, ModelConfig, from_dict, merge_overrides, to_dict, validate_model_config
 from models.diagnostics import saved_activation_bytes
 from models.kernels import get_ops
 from models.registry import get_scale
@@ -56,13 +56,7 @@ def machine() -> str:
 
 
 def scale_config(scale: str, arch: str, overrides: dict[str, Any], **connection: Any) -> ModelConfig:
-    def merge(base: dict, over: dict) -> dict:
-        out = dict(base)
-        for key, value in over.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    data = merge(to_dict(get_scale(scale).model), overrides)
+    data = merge_overrides(to_dict(get_scale(scale).model), overrides)
     data["connection"] = {**data.get("connection", {}), "arch": arch, **connection}
     cfg = from_dict(ModelConfig, data, _path="model")
     validate_model_config(cfg)

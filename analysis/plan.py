@@ -168,16 +168,10 @@ def effective_train(config: dict[str, Any], scale: str) -> dict[str, Any]:
 
 def effective_model(config: dict[str, Any], scale: str) -> dict[str, Any]:
     """The registry scale's model config (as a dict) with the config's overrides merged in."""
-    from models.config import to_dict
+    from models.config import merge_overrides, to_dict
     from models.registry import get_scale
 
-    def merge(base: dict, over: dict) -> dict:
-        out = dict(base)
-        for key, value in over.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    return merge(to_dict(get_scale(scale).model), config["scales"][scale].get("model", {}))
+    return merge_overrides(to_dict(get_scale(scale).model), config["scales"][scale].get("model", {}))
 
 
 def train_overrides(config: dict[str, Any], run: dict[str, Any], shards_dir: str) -> list[str]:

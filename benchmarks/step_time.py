@@ -12,30 +12,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from analysis.measure import machine  # noqa: F401 - re-exported for the other benchmark scripts
 from models.registry import model_config
 from models.transformer import Transformer
 
 ARCHS = ("baseline", "hc", "mhc")
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def step(model: torch.nn.Module, tokens: torch.Tensor, logits_fn=None) -> None:

@@ -207,6 +207,15 @@ def from_dict(cls: type[T], data: dict[str, Any], _path: str = "") -> T:
     return cls(**kwargs)
 
 
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in recursively (nested mappings merge; any other value replaces)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_overrides(out[key], value) if nested else value
+    return out
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain-JSON form of a config (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))

@@ -52,7 +52,15 @@ from .checkpoint import (
     save_model,
     split_state,
 )
-from .config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict, validate_model_config
+from .config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    merge_overrides,
+    to_dict,
+    validate_model_config,
+)
 from .data import (
     HF_PREFIX,
     DataError,
@@ -118,21 +126,14 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def resolve(cfg: RunConfig) -> tuple[ModelConfig, TrainConfig]:
     """The scale's model and train configs with this run's overrides and arch, validated."""
     scale = get_scale(cfg.scale)
-    model_dict = _merge(to_dict(scale.model), cfg.model)
+    model_dict = merge_overrides(to_dict(scale.model), cfg.model)
     model_dict["connection"] = dict(model_dict.get("connection", {}), arch=cfg.arch)
     model = from_dict(ModelConfig, model_dict, _path="model")
     validate_model_config(model)
-    train = from_dict(TrainConfig, _merge(to_dict(scale.train), cfg.train), _path="train")
+    train = from_dict(TrainConfig, merge_overrides(to_dict(scale.train), cfg.train), _path="train")
     if train.seq_len > model.max_seq_len:
         raise ConfigError(f"train.seq_len ({train.seq_len}) exceeds model.max_seq_len ({model.max_seq_len})")
     return model, train
