@@ -6,8 +6,12 @@ has a folder of its own, so the smoke tier never overwrites the default tier's r
 several experiments need (the main comparison's mHC run is also a compute-scaling point, say) is trained once and
 carries every role.
 
-Experiments (SPEC section 8):
-- main: every variant of `main.variants` at `main.scale` for every seed (Fig. 2, 3, 5, 7, 8, Table 4);
+Experiments:
+- main: every variant of `main.variants` at `main.scale` for every seed (Fig. 2, 3, 5, 7, 8, Table 4), the mechanism
+  controls among them (a variant of arch `gain`; mHC with `learn_res: false`);
+- init_ablation (optional): mHC initialisations and optimiser epsilons at one scale, paired by seed;
+- lr_sweep (optional): `variants` at `multipliers` x the scale's learning rate (the stability stress test); the
+  derived variants are named `<variant>-lr<m>x` and the 1x runs are the plain variants;
 - ablation: Table 1's rows (which of H_res, H_pre, H_post are learnable) at `ablation.scale`;
 - compute_scaling: `variants` at every scale of the ladder (Fig. 6a);
 - token_scaling: `variants` at one scale whose intermediate checkpoints are kept and evaluated (Fig. 6b);
@@ -37,12 +41,46 @@ def learnable_maps(variant: dict[str, Any]) -> dict[str, bool]:
     return {name: bool(conn.get(f"learn_{name}", True)) for name in ("res", "pre", "post")}
 
 
+def lr_variant(variant: str, multiplier: float) -> str:
+    """The LR sweep's name for `variant` trained at `multiplier` x its learning rate (1x is the variant itself)."""
+    return variant if multiplier == 1 else f"{variant}-lr{multiplier:g}x"
+
+
+def all_variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The config's variants plus the LR sweep's derived ones ({..., "train": {"lr": m * lr}, "lr_multiplier": m,
+    "base_variant": name}); what every run's variant name refers to."""
+    variants = {name: dict(v) for name, v in config["variants"].items()}
+    sweep = config.get("lr_sweep")
+    if not sweep:
+        return variants
+    for name in sweep["variants"]:
+        if name not in variants:
+            raise ValueError(f"lr_sweep.variants: {name!r} is not defined under config 'variants'")
+        base = variants[name]
+        base_lr = {**effective_train(config, sweep["scale"]), **base.get("train", {})}["lr"]
+        for multiplier in sweep["multipliers"]:
+            derived = lr_variant(name, multiplier)
+            if derived == name:
+                continue
+            if derived in config["variants"]:
+                raise ValueError(f"variant {derived!r} is defined in the config and derived by lr_sweep; rename it")
+            variants[derived] = {
+                **base,
+                "train": {**base.get("train", {}), "lr": float(multiplier) * float(base_lr)},
+                "lr_multiplier": multiplier,
+                "base_variant": name,
+            }
+    return variants
+
+
 def build_plan(config: dict[str, Any]) -> dict[str, Any]:
     """{experiment sections..., "runs": {key: {scale, variant, arch, seed, dir, roles}}} from a validated config."""
-    variants = config["variants"]
+    variants = all_variants(config)
     runs: dict[str, dict[str, Any]] = {}
 
     def add(scale: str, variant: str, seed: int, role: str) -> None:
+        if variant not in variants:
+            raise ValueError(f"variant {variant!r} is used by a run but not defined under config 'variants'")
         key = run_key(scale, variant, seed)
         run = runs.setdefault(
             key,
@@ -62,6 +100,15 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
     for variant in main["variants"]:
         for seed in main["seeds"]:
             add(main["scale"], variant, seed, "main")
+    init = config.get("init_ablation") or {}
+    for variant in init.get("variants", []):
+        for seed in init["seeds"]:
+            add(init["scale"], variant, seed, "init_ablation")
+    sweep = config.get("lr_sweep") or {}
+    for variant in sweep.get("variants", []):
+        for multiplier in sweep["multipliers"]:
+            for seed in sweep["seeds"]:
+                add(sweep["scale"], lr_variant(variant, multiplier), seed, "lr_sweep")
     ablation = config["ablation"]
     for variant in ablation["variants"]:
         for seed in ablation["seeds"]:
@@ -83,15 +130,15 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
     for variant in mappings["variants"]:
         add(main["scale"], variant, mappings["seed"], "mappings")
 
-    for name, section in (("main", main), ("ablation", ablation), ("token_scaling", tokens)):
+    sections = [("main", main), ("ablation", ablation), ("token_scaling", tokens)]
+    sections += [(name, config[name]) for name in ("init_ablation", "lr_sweep") if config.get(name)]
+    for name, section in sections:
         if section.get("scale") not in config["scales"]:
             raise ValueError(f"{name}.scale {section.get('scale')!r} is not one of config 'scales'")
     for run in runs.values():
         if run["scale"] not in config["scales"]:
             raise ValueError(f"scale {run['scale']!r} is used by a run but not defined under config 'scales'")
-        if run["variant"] not in variants:
-            raise ValueError(f"variant {run['variant']!r} is used by a run but not defined under config 'variants'")
-    check_overrides(config, runs)
+    check_overrides(config, runs, variants)
     for variant in mappings["variants"]:
         if variants[variant]["arch"] == "baseline":
             raise ValueError(f"mappings.variants: {variant!r} is the residual baseline, which has no H_res to show")
@@ -99,6 +146,8 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "tier": config["tier"],
         "main": {"scale": main["scale"], "variants": list(main["variants"]), "seeds": list(main["seeds"])},
+        "init_ablation": {k: list(v) if isinstance(v, list) else v for k, v in init.items()} or None,
+        "lr_sweep": {k: list(v) if isinstance(v, list) else v for k, v in sweep.items()} or None,
         "ablation": {
             "scale": ablation["scale"],
             "seeds": list(ablation["seeds"]),
@@ -115,9 +164,12 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
             "seeds": list(evaluation["seeds"]),
             "limit": evaluation.get("limit"),
             "tasks": evaluation["tasks"],
+            "per_item": bool(evaluation.get("per_item", False)),
         },
         "mappings": {"scale": main["scale"], "variants": list(mappings["variants"]), "seed": mappings["seed"]},
         "measurements": dict(config["measurements"]),
+        "variants": variants,
+        "run_options": dict(config.get("run", {})),
         "scales": {
             name: {"model": effective_model(config, name), "train": effective_train(config, name)}
             for name in sorted({run["scale"] for run in runs.values()} | set(config["measurements"]["scales"]))
@@ -126,7 +178,7 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_overrides(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+def check_overrides(config: dict[str, Any], runs: dict[str, dict[str, Any]], variants: dict[str, Any]) -> None:
     """Build every run's model and train config now, so that a misspelled or ill-typed override inside `scales` or
     `variants` stops the workflow at parse time (naming the key) instead of failing a job hours later."""
     from models.config import ConfigError, ModelConfig, TrainConfig, from_dict, validate_model_config
@@ -138,10 +190,12 @@ def check_overrides(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> 
         except ConfigError as err:
             raise ValueError(f"config scales.{scale}: {err}") from None
         for name in sorted({run["variant"] for run in runs.values() if run["scale"] == scale}):
-            variant = config["variants"][name]
+            variant = variants[name]
             conn = {**model.get("connection", {}), **variant.get("connection", {}), "arch": variant["arch"]}
             try:
                 validate_model_config(from_dict(ModelConfig, {**model, "connection": conn}, _path="model"))
+                train = {**effective_train(config, scale), **variant.get("train", {})}
+                from_dict(TrainConfig, train, _path=f"variants.{name}.train")
             except ConfigError as err:
                 raise ValueError(f"config variants.{name} at scale {scale}: {err}") from None
 
@@ -180,12 +234,12 @@ def train_overrides(config: dict[str, Any], run: dict[str, Any], shards_dir: str
     Values are JSON-encoded, which the trainer's YAML parser reads back as the same types (3e-3 in YAML would be
     a string; 0.003 is a float)."""
     scale = config["scales"][run["scale"]]
-    variant = config["variants"][run["variant"]]
+    variant = all_variants(config)[run["variant"]]
     steps_kept = int(scale.get("checkpoints", 2))
     items: list[tuple[str, Any]] = [("scale", run["scale"]), ("arch", variant["arch"]), ("seed", run["seed"])]
     items += flatten("model", scale.get("model", {}))
     items += flatten("model.connection", variant.get("connection", {}))
-    items += flatten("train", scale.get("train", {}))
+    items += flatten("train", {**scale.get("train", {}), **variant.get("train", {})})
     items += [("data.shards_dir", shards_dir)]
     if config.get("data_root"):
         items += [("data.root", config["data_root"])]

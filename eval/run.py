@@ -5,6 +5,10 @@ benchmark splits from the local data root (`--data-root`, else $MHC_DATA_ROOT, e
 hub switched off, unless `--hub` is given. Writes lm-eval's results JSON (with `configs`, `versions`, `n-shot`
 and our `mhc_substitutions`: every deviation forced by a missing local split) atomically to FILE, and logs the
 scores to MLflow as a child run of the checkpoint's training run when that run was tracked.
+
+`--per-item` also keeps, for every item of a multiple-choice task, the log-likelihood of each choice, the gold
+index and the choices' lengths in characters (`mhc_items`: task -> list of {"doc_id", "gold", "ll", "chars"}), so
+that two models can be compared item by item (analysis/benchmarks.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument(
+        "--per-item", action="store_true", help="keep every multiple-choice item's log-likelihoods (mhc_items)"
+    )
     parser.add_argument(
         "--skip-unfinished",
         action="store_true",
@@ -63,14 +70,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tasks = args.tasks.split(",") if args.tasks else [PAPER_SUITE]
     limit = int(args.limit) if args.limit and args.limit >= 1 else args.limit
-    results = run_suite(lm, tasks=tasks, limit=limit, local_data_root=root)
-    results.pop("samples", None)
+    results = run_suite(lm, tasks=tasks, limit=limit, local_data_root=root, log_samples=args.per_item)
+    samples = results.pop("samples", None) or {}
+    if args.per_item:
+        results["mhc_items"] = {task: items for task, rows in samples.items() if (items := choice_items(rows))}
     results["mhc_checkpoint"] = str(Path(args.checkpoint).resolve())
     text = json.dumps(results, indent=1, default=handle_non_serializable, sort_keys=True)
     atomic_write_text(Path(args.out), text + "\n")
     if not args.no_mlflow:
         log_to_mlflow(Path(args.checkpoint), results, Path(args.out))
     return 0
+
+
+def choice_items(samples: list[dict]) -> list[dict]:
+    """Per-item records of a multiple-choice task's lm-eval samples (empty for a generative task): the summed
+    log-likelihood of each choice's continuation, the gold choice and each continuation's length in characters."""
+    items = []
+    for sample in samples:
+        responses, target = sample.get("filtered_resps"), sample.get("target")
+        if not isinstance(target, int) or not responses or not all(isinstance(r, (list, tuple)) for r in responses):
+            return []
+        items.append(
+            {
+                "doc_id": sample["doc_id"],
+                "gold": target,
+                "ll": [float(r[0]) for r in responses],
+                "chars": [len(arg[1]) for arg in sample["arguments"]],
+            }
+        )
+    return sorted(items, key=lambda item: item["doc_id"])
 
 
 def log_to_mlflow(checkpoint: Path, results: dict, out: Path) -> None:

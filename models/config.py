@@ -15,7 +15,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-ARCHS = ("baseline", "hc", "mhc")
+ARCHS = ("baseline", "gain", "hc", "mhc")
 
 
 class ConfigError(ValueError):
@@ -59,14 +59,16 @@ class FFNConfig:
 
 @dataclass
 class ConnectionConfig:
-    """How sub-layers are connected: plain residual, Hyper-Connections or mHC.
+    """How sub-layers are connected: plain residual, learnable gains, Hyper-Connections or mHC.
 
     Defaults follow the mHC paper (n = 4, alpha init 0.01, t_max = 20). Everything the paper leaves
     open (phi/b initialisation, epsilons, stream collapse) is an explicit field documented here.
     """
 
-    arch: Literal["baseline", "hc", "mhc"] = "baseline"
-    n: int = 4  # expansion rate (number of residual streams); forced to 1 for "baseline"
+    # baseline: x + F(x). gain: a_l x + b_l F(x) with learnable scalars a_l, b_l (a control: how much of a
+    # hyper-connection's gain a single stream with learnable residual and branch gains recovers).
+    arch: Literal["baseline", "gain", "hc", "mhc"] = "baseline"
+    n: int = 4  # expansion rate (number of residual streams); forced to 1 for "baseline" and "gain"
     alpha_init: float = 0.01  # gating factors (mHC alpha_pre/post/res; HC dynamic scales)
     # Stream collapse before the final norm. "sum" is the HC paper's choice (Algorithm 1); the final
     # RMSNorm removes the x n scale. "mean" is Megatron's default.
@@ -74,17 +76,25 @@ class ConnectionConfig:
 
     # ---- mHC (paper Eq. 7-9) ----
     sinkhorn_iters: int = 20
-    # phi init: N(0, phi_init_std); bias b init: "zero" (Megatron / HF DeepSeek-V4 default: H_pre ~ 0.5,
-    # H_post ~ 1, H_res ~ J/n) or "identity" (HC-like: H_res ~ I, H_pre ~ one-hot of stream l mod n).
-    # Streams diverge at init because phi is random and H_post differs per stream (SPEC section 3).
+    # Static bias b (the paper does not give it; see README "Initialisation"):
+    # - "zero": b = 0 (Megatron / HF DeepSeek-V4): H_pre ~ 1/2, H_post ~ 1, H_res ~ J/n. The streams start as
+    #   copies and J/n re-averages them every sub-layer, so H_res gets almost no gradient.
+    # - "identity": H_res ~ I and H_pre ~ one-hot of stream (l mod n) (logits +-identity_logit), H_post = 1, as
+    #   HC's Eq. 14. Streams that differ stay different, but nothing makes them differ in the forward pass.
+    # - "spread": "identity" plus H_post = 2 sigmoid(+-1) = 1.46 on stream (l mod n) and 0.54 on the others, so
+    #   every sub-layer writes a different amount into each stream and the streams differ from the first
+    #   sub-layer on (the forward symmetry is broken).
+    bias_init: Literal["zero", "identity", "spread"] = "spread"
+    identity_logit: float = 4.0  # the +- logit of "identity" / "spread": Sinkhorn(exp(4 I)) has diagonal 0.95
+    # phi init: "normal" draws N(0, phi_init_std); "unit" draws N(0, 1 / (alpha_init sqrt(nC))), so that the
+    # input-dependent logits alpha * RMSNorm(x) phi start with unit standard deviation instead of ~0.003.
+    phi_init: Literal["normal", "unit"] = "unit"
     phi_init_std: float = 0.02
-    bias_init: Literal["zero", "identity"] = "zero"
-    identity_logit: float = 4.0  # diagonal logit used by bias_init="identity"
     # Epsilons the paper does not show (DeepSeek-V4 code uses 1e-6 for both); 0 = paper.
     pre_eps: float = 0.0  # added to sigma(.) of H_pre
     sinkhorn_eps: float = 0.0  # added to every Sinkhorn denominator
 
-    # ---- kernels and memory (issue 3) ----
+    # ---- kernels and memory ----
     # "auto": fused Triton kernels on CUDA, PyTorch reference elsewhere; "reference"; "triton".
     kernels: Literal["auto", "reference", "triton"] = "auto"
     # Block recomputation (paper section 4.3.2, Table 3): keep only the first stream state of every block of
@@ -92,17 +102,18 @@ class ConnectionConfig:
     # 0 = off; -1 = the paper's optimum L_r* = round(sqrt(n L / (n + 2))) with L the number of sub-layers.
     recompute_layers: int = 0
 
-    # ---- HC (HC paper Eq. 8-14, Algorithm 2) and the mHC paper's Table 1 ablation ----
+    # ---- HC (HC paper Eq. 8-14, Algorithm 2) ----
     hc_dynamic: bool = True  # False = static HC (SHC)
     hc_tanh: bool = True  # False = "DHC w/o tanh"
-    # Table 1 switches: a disabled mapping is replaced by its fixed form
-    # (H_pre -> 1/n, H_post -> 1, H_res -> I) and has no parameters.
+    # ---- HC and mHC: the mHC paper's Table 1 switches ----
+    # A disabled mapping is replaced by its fixed form (H_pre -> 1/n, H_post -> 1, H_res -> I) and has no
+    # parameters. mHC with learn_res = false is "identity HC": the learned pre/post maps without stream mixing.
     learn_res: bool = True
     learn_pre: bool = True
     learn_post: bool = True
 
     def streams(self) -> int:
-        return 1 if self.arch == "baseline" else self.n
+        return self.n if self.arch in ("hc", "mhc") else 1
 
 
 @dataclass
@@ -251,12 +262,21 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if conn.n < 1:
         raise ConfigError(f"connection.n must be >= 1, got {conn.n}")
     default = ConnectionConfig()
-    hc_only = ("learn_res", "learn_pre", "learn_post", "hc_dynamic", "hc_tanh")
-    mhc_only = ("sinkhorn_iters", "bias_init", "identity_logit", "pre_eps", "sinkhorn_eps", "phi_init_std")
-    for names, arch in ((hc_only, "hc"), (mhc_only, "mhc")):
+    only = {
+        ("hc",): ("hc_dynamic", "hc_tanh"),
+        ("hc", "mhc"): ("learn_res", "learn_pre", "learn_post"),
+        ("mhc",): ("sinkhorn_iters", "bias_init", "identity_logit", "phi_init", "phi_init_std", "pre_eps",
+                   "sinkhorn_eps"),
+    }  # fmt: skip
+    for archs, names in only.items():
         for name in names:
-            if conn.arch != arch and getattr(conn, name) != getattr(default, name):
-                raise ConfigError(f"connection.{name} applies to arch '{arch}' only (arch is '{conn.arch}')")
+            if conn.arch not in archs and getattr(conn, name) != getattr(default, name):
+                which = " or ".join(f"'{a}'" for a in archs)
+                raise ConfigError(f"connection.{name} applies to arch {which} only (arch is '{conn.arch}')")
+    if conn.arch == "mhc" and conn.phi_init == "unit" and conn.alpha_init <= 0:
+        raise ConfigError(f"connection.phi_init='unit' scales phi by 1/alpha_init, which must be > 0 (got {conn.alpha_init})")
+    if conn.arch == "mhc" and conn.kernels == "triton" and not (conn.learn_res and conn.learn_pre and conn.learn_post):
+        raise ConfigError("connection.kernels='triton' needs every mHC mapping learned (learn_res/pre/post = true)")
     if conn.kernels not in ("auto", "reference", "triton"):
         raise ConfigError(f"connection.kernels: {conn.kernels!r} is not one of ['auto', 'reference', 'triton']")
     if conn.recompute_layers < -1:

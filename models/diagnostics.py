@@ -95,6 +95,71 @@ def amax_gain(H: list[torch.Tensor], reduce: str = "token") -> dict[str, list[fl
     return result
 
 
+# When a stream connection's mechanism counts as operating (tests/test_mechanism.py, the report's mechanism gate):
+# H_res has left its step-0 value (largest entry change of the token-averaged matrix) and the streams entering some
+# sub-layer differ (stream_spread). With b = 0 and AdamW eps = 1e-8 neither happens: H_res moves ~0.004 in 40 steps of
+# the unit-test model and the streams stay copies (spread ~0.003).
+MECHANISM_THRESHOLDS = {"hres_from_init": 0.02, "stream_spread": 0.05}
+
+
+def mechanism_operated(record: dict) -> tuple[bool, str]:
+    """Whether one diagnostics record (a line of diagnostics.jsonl) shows the mechanism at work, and why (not)."""
+    reasons, ok = [], True
+    for key, threshold in MECHANISM_THRESHOLDS.items():
+        values = [v for v in record.get(key) or [] if v is not None]
+        if not values:
+            return False, f"{key} not recorded"
+        top = max(values)
+        ok &= top > threshold
+        reasons.append(f"max {key} {top:.3g} {'>' if top > threshold else '<='} {threshold:g}")
+    return ok, "; ".join(reasons)
+
+
+MECHANISM_KEYS = (
+    "stream_spread",
+    "hres_from_init",
+    "hres_from_uniform",
+    "hres_from_identity",
+    "hres_token_dev",
+    "pre_spread",
+    "post_spread",
+)
+
+
+def mechanism_curves(
+    records: list[dict[str, torch.Tensor]], init_res: list[list[list[float]]] | None = None
+) -> dict[str, list]:
+    """Whether the connections' mechanism operates, per sub-layer, on one sequence's captured records.
+
+    - stream_spread: token mean of ||x_i - x_mean|| / ||x_mean|| over the streams entering the sub-layer
+      (0: the streams are copies, and then any row-stochastic H_res acts as the identity on them);
+    - H_res_mean: the token-averaged H_res (n x n lists), kept so that later records can say how far it moved;
+    - hres_from_init / _uniform / _identity: largest |entry| of H_res_mean minus its value at step 0
+      (`init_res`; None without it), minus J/n, minus I;
+    - hres_token_dev: token mean of the largest |entry| of H_res_t - H_res_mean (how input-dependent it is);
+    - pre_spread / post_spread: max - min over streams of the token-averaged H_pre / H_post.
+    """
+    out: dict[str, list] = {key: [] for key in ("H_res_mean", *MECHANISM_KEYS)}
+    for layer, record in enumerate(records):
+        H = record["H_res"].reshape(-1, *record["H_res"].shape[-2:]).double()
+        n = H.shape[-1]
+        mean = H.mean(0)
+        out["H_res_mean"].append(mean.tolist())
+        out["stream_spread"].append(float(record["spread"].double().mean()))
+        if init_res is not None and layer < len(init_res):
+            start = torch.tensor(init_res[layer], dtype=torch.float64)
+            out["hres_from_init"].append(float((mean - start).abs().max()))
+        else:
+            out["hres_from_init"].append(None)
+        out["hres_from_uniform"].append(float((mean - 1.0 / n).abs().max()))
+        out["hres_from_identity"].append(float((mean - torch.eye(n, dtype=torch.float64)).abs().max()))
+        out["hres_token_dev"].append(float((H - mean).abs().amax((-2, -1)).mean()))
+        for key in ("pre", "post"):
+            per_stream = record[f"H_{key}"].reshape(-1, n).double().mean(0)
+            out[f"{key}_spread"].append(float(per_stream.max() - per_stream.min()))
+    return out
+
+
 @contextmanager
 def saved_activation_bytes(model: torch.nn.Module) -> Iterator[dict[str, int]]:
     """Count the bytes autograd saves for backward during the block, split into the connections' own ops

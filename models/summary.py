@@ -30,9 +30,13 @@ def expected_connection_params(cfg: ModelConfig) -> int:
     n = conn.n
     if conn.arch == "baseline":
         per = 0
+    elif conn.arch == "gain":
+        per = 2  # a_l, b_l
     elif conn.arch == "mhc":
-        # phi [nC, n^2 + 2n], b [n^2 + 2n], alpha [3]  (mHC Eq. 7)
-        per = n * C * (n * n + 2 * n) + (n * n + 2 * n) + 3
+        # phi [nC, width], b [width], one alpha per learned mapping (mHC Eq. 7); width = n^2 + 2n when all learned
+        learned = [(conn.learn_pre, n), (conn.learn_post, n), (conn.learn_res, n * n)]
+        width = sum(w for on, w in learned if on)
+        per = n * C * width + width + sum(on for on, _ in learned)
     else:
         # HC paper Eq. 25 with all mappings learnable: |theta_norm| + C(n+2) + n(n+2) + 2
         if not (conn.learn_pre and conn.learn_res and conn.learn_post and conn.hc_dynamic):

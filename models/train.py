@@ -72,7 +72,7 @@ from .data import (
     val_batches,
 )
 from .data import TokenLoader as _TokenLoader
-from .diagnostics import amax_gain, capture_mappings
+from .diagnostics import amax_gain, capture_mappings, mechanism_curves
 from .registry import get_scale
 from .transformer import Transformer
 
@@ -117,7 +117,7 @@ class TrackingConfig:
 @dataclass
 class RunConfig:
     scale: str = "tiny"
-    arch: Literal["baseline", "hc", "mhc"] = "baseline"
+    arch: Literal["baseline", "gain", "hc", "mhc"] = "baseline"
     seed: int = 0
     model: dict = field(default_factory=dict)  # overrides of the scale's model config
     train: dict = field(default_factory=dict)  # overrides of the scale's optimiser/schedule config
@@ -149,6 +149,14 @@ def set_nested(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def parse_value(raw: str) -> Any:
+    """A `--set` value: JSON first (so 1e-20 is a number, which YAML 1.1 would read as a string), else YAML."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return yaml.safe_load(raw)
+
+
 def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
     data: dict = {}
     if path:
@@ -164,7 +172,7 @@ def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise ConfigError(f"--set '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        set_nested(data, key, yaml.safe_load(raw))
+        set_nested(data, key, parse_value(raw))
     return from_dict(RunConfig, data)
 
 
@@ -306,6 +314,7 @@ class Trainer:
         # The same validation batches on every rank and for any number of ranks (comparable val_loss).
         self.val = val_batches(self.val_tokens, min(t.batch_size, 8), t.seq_len, cfg.run.eval_batches)
         self.step = 0
+        self.init_res: list | None = None  # token-averaged H_res per sub-layer at step 0 (diagnostics)
         self.hash = config_hash(cfg)
         ckpt = latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
         if ckpt is not None:
@@ -323,6 +332,7 @@ class Trainer:
             self.load_states(*split_state(sidecar, tensors))
             self.loader.load_state_dict(sidecar["loader"])
             self.step = sidecar["step"]
+            self.init_res = self._read_init_res()
             if self.dist.main:
                 print(f"resuming {out} from checkpoint step {self.step}", file=sys.stderr, flush=True)
         self.ddp = self.model
@@ -437,18 +447,57 @@ class Trainer:
         self.model.train()
         return total / count
 
-    @torch.no_grad()
-    def amax(self) -> dict[str, Any] | None:
-        """Amax gains on the first validation sequence (SPEC section 3), or None for the baseline."""
+    def diagnostics(self) -> dict[str, Any] | None:
+        """Per-sub-layer curves of the residual mappings (None for the residual baseline, which has none): the Amax
+        gains on the first validation sequence (models.diagnostics.amax_gain), whether the mechanism operates there
+        (models.diagnostics.mechanism_curves: stream spread, how far H_res moved, H_pre/H_post spread across
+        streams) and the gradient norm reaching each mapping's parameters (`mapping_gradients`)."""
         if self.model_cfg.connection.arch == "baseline":
             return None
         self.model.eval()
         seq = self.val[0][:1, :-1].to(self.device)
-        with capture_mappings(self.model) as records, self.autocast:
+        with torch.no_grad(), capture_mappings(self.model) as records, self.autocast:
             self.model(seq)
         self.model.train()
         curves = amax_gain([r["H_res"][0] for r in records])
+        if self.init_res is None and self.step == 0:
+            self.init_res = [r["H_res"][0].double().mean(0).tolist() for r in records]
+        curves.update(mechanism_curves(records, self.init_res))
+        curves.update(self.mapping_gradients())
         return curves
+
+    def mapping_gradients(self) -> dict[str, list[float | None]]:
+        """Gradient norm reaching the parameters of H_res, H_pre and H_post of every sub-layer, from one forward and
+        backward pass on the first validation batch (the same batch every time, so the curves are comparable over
+        training; the optimizer's gradients of the last step are gone by then and not needed again). Left out
+        (None) with several ranks, where a backward outside the DDP/FSDP wrapper would break their collectives."""
+        names = ("grad_res", "grad_pre", "grad_post")
+        connections = self.model.connections()
+        if self.dist.world > 1:
+            return {name: [None] * len(connections) for name in names}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()  # no MoE load counting; no other layer behaves differently
+        batch = self.val[0].to(self.device)
+        with self.autocast:
+            logits = self.model(batch[:, :-1])
+        F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()).backward()
+        norms = [c.mapping_grad_norms() for c in connections]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train()
+        return {f"grad_{key}": [g[key] for g in norms] for key in ("res", "pre", "post")}
+
+    def _read_init_res(self) -> list | None:
+        """H_res at step 0 from the first diagnostics record of a resumed run (what "moved from init" refers to)."""
+        path = self.out / "diagnostics.jsonl"
+        if not path.is_file():
+            return None
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            return record.get("H_res_mean") if record.get("step") == 0 else None
+        return None
 
     # ---- the loop ----------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -616,17 +665,27 @@ class Trainer:
         tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def _diagnostics(self, tracker) -> None:
-        curves = self.amax()
+        curves = self.diagnostics()
         if curves is None:
             return
+
+        def extreme(key: str, pick=max) -> float | None:
+            values = [v for v in curves.get(key) or [] if v is not None]
+            return pick(values) if values else None
+
         summary = {
             "step": self.step,
-            "amax_single_fwd": max(curves["single_forward"]),
-            "amax_single_bwd": max(curves["single_backward"]),
-            "amax_composite_fwd": max(curves["composite_forward"]),
-            "amax_composite_bwd": max(curves["composite_backward"]),
-            "amax_composite_min_col": min(curves["composite_min_col"]),
+            "amax_single_fwd": extreme("single_forward"),
+            "amax_single_bwd": extreme("single_backward"),
+            "amax_composite_fwd": extreme("composite_forward"),
+            "amax_composite_bwd": extreme("composite_backward"),
+            "amax_composite_min_col": extreme("composite_min_col", min),
+            "stream_spread_max": extreme("stream_spread"),
+            "hres_from_init_max": extreme("hres_from_init"),
+            "hres_from_uniform_max": extreme("hres_from_uniform"),
+            "grad_res_max": extreme("grad_res"),
         }
+        summary = {k: v for k, v in summary.items() if v is not None}
         self.append("diagnostics.jsonl", {"step": self.step, **curves})
         self.append("metrics.jsonl", summary)
         tracker.log_metrics({k: v for k, v in summary.items() if k != "step"}, step=self.step)

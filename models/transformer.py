@@ -18,6 +18,9 @@ from .connections.recompute import RecomputeBlock, optimal_block
 from .layers import RMSNorm, SwiGLU, rope_frequencies
 from .moe import MoE
 
+# Mixed into the seed of the connections' generator so that it differs from the core weights' generator.
+CONNECTION_SEED_SALT = 0x5EED_C0DE
+
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
@@ -52,6 +55,11 @@ class Transformer(nn.Module):
         super().__init__()
         validate_model_config(cfg)
         self.cfg = cfg
+        # One draw from the global RNG before anything is built. The weights come from generators seeded by it, not
+        # from the global stream, whose position after construction depends on the variant; so every variant built
+        # after `torch.manual_seed(s)` starts from the same embedding, attention, FFN, norm and head weights, and
+        # the connection parameters come from a generator of their own (paired comparisons across variants).
+        self.init_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self.connection_cls = connection_class(cfg.connection)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
@@ -62,26 +70,41 @@ class Transformer(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
+    def init_weights(self, seed: int | None = None) -> None:
         """N(0, init_std) for every linear and embedding weight; norms to one; each connection resets its own
         parameters (connections know their paper-specific init); buffers recomputed. On the meta device
         (parameter counting) there is nothing to initialise: `model.to_empty(device=...)` followed by
-        `model.init_weights()` materialises a meta-built model."""
+        `model.init_weights()` materialises a meta-built model.
+
+        Two generators seeded from `seed` (default: the draw made at construction) give the weights: one the
+        shared core in module order, the other the connections. A variant's connection parameters therefore never
+        shift the core weights, which are identical for every arch at the same seed."""
         if self.head.weight.is_meta:
             return
+        seed = self.init_seed if seed is None else seed
+        device = self.head.weight.device
+        core = torch.Generator(device=device).manual_seed(seed)
+        connection_gen = torch.Generator(device=device).manual_seed(seed ^ CONNECTION_SEED_SALT)
         att = self.cfg.attention
         self.rope.copy_(rope_frequencies(att.qk_rope_dim, self.cfg.max_seq_len, att.rope_theta, self.rope.device))
+        inside_connections = {id(m) for c in self.connections() for m in c.modules()}
         for module in self.modules():
+            if id(module) in inside_connections:
+                continue
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.cfg.init_std)
+                module.weight.normal_(0.0, self.cfg.init_std, generator=core)
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
             elif isinstance(module, MoE):
                 module.balance_bias.zero_()
                 module.load.zero_()
         for module in self.connections():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            module.reset_parameters(generator=connection_gen)
+
+    def core_parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter outside the connection modules (what paired variants share at one seed)."""
+        inside = {id(p) for c in self.connections() for p in c.parameters()}
+        return {name: p for name, p in self.named_parameters() if id(p) not in inside}
 
     def connections(self) -> list[Connection]:
         """The connection modules in sub-layer order (attention 0, FFN 0, attention 1, ...)."""

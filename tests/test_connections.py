@@ -124,7 +124,7 @@ def test_changing_H_res_changes_the_output(arch):
 def test_mhc_n1_is_the_residual_model():
     torch.manual_seed(0)
     base = Transformer(tiny_config("baseline")).eval()
-    mhc = Transformer(tiny_config("mhc", n=1)).eval()
+    mhc = Transformer(tiny_config("mhc", n=1, bias_init="zero")).eval()
     _transplant(base, mhc)
     tokens = _tokens()
     with capture_mappings(mhc) as records:
@@ -212,3 +212,68 @@ def test_mhc_identity_bias_init():
     torch.testing.assert_close(H_post, torch.ones(1, 4))
     assert (torch.diagonal(H_res[0]) > 0.9).all()
     torch.testing.assert_close(H_res, sinkhorn(6.0 * torch.eye(4)).expand(1, 4, 4))
+
+
+def test_mhc_spread_init_gives_every_stream_its_own_h_post():
+    """The shipped init: H_res ~ I, H_pre ~ one-hot of stream (l mod n), H_post 2 sigmoid(+-1) with the large value
+    on stream (l mod n): the forward symmetry of replicated streams is broken from the first sub-layer."""
+    cfg = ConnectionConfig(arch="mhc", n=4, bias_init="spread", identity_logit=4.0)
+    conn = ManifoldHyperConnection(cfg, dim=8, index=6)
+    with torch.no_grad():
+        conn.phi.zero_()
+    H_pre, H_post, H_res = conn.mappings(torch.randn(1, 4, 8))
+    own = 6 % 4
+    expected_post = torch.full((4,), 2 * torch.sigmoid(torch.tensor(-1.0)).item())
+    expected_post[own] = 2 * torch.sigmoid(torch.tensor(1.0)).item()
+    torch.testing.assert_close(H_post[0], expected_post)
+    assert H_pre[0].argmax() == own
+    torch.testing.assert_close(H_res, sinkhorn(4.0 * torch.eye(4)).expand(1, 4, 4))
+
+
+@pytest.mark.parametrize("n, dim", [(4, 64), (2, 48)])
+def test_mhc_unit_phi_gives_unit_input_dependent_logits(n, dim):
+    """phi_init = unit: alpha * RMSNorm(vec x) phi has standard deviation ~1 (normal: ~0.02 sqrt(nC) alpha)."""
+    torch.manual_seed(0)
+    for init, expected in (("unit", 1.0), ("normal", 0.02 * (n * dim) ** 0.5 * 0.01)):
+        conn = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=n, phi_init=init), dim=dim, index=0)
+        x = torch.randn(4096, n * dim)
+        x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
+        logits = conn.alpha[0].item() * (x @ conn.phi)
+        assert logits.std().item() == pytest.approx(expected, rel=0.1)
+
+
+def test_mhc_fixed_res_is_identity_hc():
+    """learn_res = false: H_res = I exactly, no H_res parameters; H_pre and H_post still learned."""
+    cfg = ConnectionConfig(arch="mhc", n=4, learn_res=False)
+    conn = ManifoldHyperConnection(cfg, dim=8, index=1)
+    assert conn.phi.shape == (32, 8) and conn.bias.shape == (8,) and conn.alpha.shape == (2,)
+    x = torch.randn(3, 4, 8)
+    H_pre, H_post, H_res = conn.mappings(x)
+    torch.testing.assert_close(H_res, torch.eye(4).expand(3, 4, 4))
+    full = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=4), dim=8, index=1)
+    with torch.no_grad():  # the same pre/post parameters give the same H_pre, H_post as the full module
+        full.phi[:, :8] = conn.phi
+        full.bias[:8] = conn.bias
+        full.alpha[:2] = conn.alpha
+    ref_pre, ref_post, _ = full.mappings(x)
+    torch.testing.assert_close(H_pre, ref_pre)
+    torch.testing.assert_close(H_post, ref_post)
+
+
+def test_gain_control_starts_as_the_residual_model_and_its_gains_act():
+    from models.connections import ResidualGain
+
+    torch.manual_seed(0)
+    base = Transformer(tiny_config("baseline")).eval()
+    torch.manual_seed(0)
+    gain = Transformer(tiny_config("gain")).eval()
+    assert isinstance(gain.connections()[0], ResidualGain)
+    tokens = _tokens()
+    torch.testing.assert_close(gain(tokens), base(tokens))  # same seed: same shared weights, gains 1
+    conn = gain.connections()[2]
+    x, f = torch.randn(2, 3, 64), torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        conn.residual_gain.fill_(1.5)
+        conn.branch_gain.fill_(0.25)
+        torch.testing.assert_close(conn(x, f), 1.5 * x + 0.25 * f(x))
+    assert (gain(tokens) - base(tokens)).abs().max() > 1e-4

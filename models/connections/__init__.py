@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import ConnectionConfig
 from ..kernels.sinkhorn import sinkhorn
 from .base import Connection, StreamConnection
+from .gain import ResidualGain
 from .hc import HyperConnection
 from .mhc import ManifoldHyperConnection
 from .residual import Residual
@@ -12,6 +13,7 @@ from .residual import Residual
 # arch name -> connection class. A new variant registers itself here.
 CONNECTIONS: dict[str, type[Connection]] = {
     "baseline": Residual,
+    "gain": ResidualGain,
     "hc": HyperConnection,
     "mhc": ManifoldHyperConnection,
 }
@@ -34,6 +36,7 @@ __all__ = [
     "HyperConnection",
     "ManifoldHyperConnection",
     "Residual",
+    "ResidualGain",
     "StreamConnection",
     "build_connection",
     "connection_class",

@@ -13,7 +13,8 @@ the final norm. What the state is belongs to the variant:
 so new variants plug into the same block without a second transformer.
 
 Diagnostics: a connection with `capture = True` keeps its last mappings (float32, detached) in
-`self.record` as {"H_pre": [..., n], "H_post": [..., n], "H_res": [..., n, n]}.
+`self.record` as {"H_pre": [..., n], "H_post": [..., n], "H_res": [..., n, n], "spread": [...]}, where
+"spread" is the per-token stream spread of the state the connection received (`stream_spread`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class Connection(nn.Module):
     def forward(self, state: torch.Tensor, sublayer: SubLayer) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Initialise this connection's parameters; random draws use `generator` (the model passes the
+        connections' own generator, so that a variant's parameters never shift the shared weights)."""
+
     @staticmethod
     def expand(h: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:
         """Embedding output [..., C] -> initial state."""
@@ -75,13 +81,37 @@ class Connection(nn.Module):
         """Final state -> [..., C] for the final norm."""
         raise NotImplementedError
 
-    def _keep(self, H_pre: torch.Tensor, H_post: torch.Tensor, H_res: torch.Tensor) -> None:
+    def _keep(self, state: torch.Tensor, H_pre: torch.Tensor, H_post: torch.Tensor, H_res: torch.Tensor) -> None:
         if self.capture:
             self.record = {
                 "H_pre": H_pre.detach().float(),
                 "H_post": H_post.detach().float(),
                 "H_res": H_res.detach().float(),
+                "spread": stream_spread(state.detach()),
             }
+
+    def mapping_grad_norms(self) -> dict[str, float | None]:
+        """L2 norm of the current gradient of the parameters behind each mapping ("res", "pre", "post"); None
+        where the variant has no such parameters or no gradient was computed."""
+        return {"res": None, "pre": None, "post": None}
+
+
+def stream_spread(state: torch.Tensor) -> torch.Tensor:
+    """How different the n streams are, per token: sqrt(mean_i ||x_i - mean_j x_j||^2) / ||mean_j x_j||.
+
+    state [..., n, C] -> [...] float32; 0 for identical streams (and for a single stream)."""
+    x = state.float()
+    mean = x.mean(-2)
+    deviation = (x - mean.unsqueeze(-2)).pow(2).sum(-1).mean(-1).sqrt()
+    return deviation / mean.norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def grad_norm(*parts: torch.Tensor | None) -> float | None:
+    """L2 norm over several gradient tensors (slices allowed); None when none of them has a gradient."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    return float(torch.sqrt(sum(p.detach().float().pow(2).sum() for p in present)))
 
 
 class StreamConnection(Connection):
@@ -106,7 +136,7 @@ class StreamConnection(Connection):
         # streams every sub-layer (the baseline's `x + F(x)` stays float32): keep it for F only.
         with connection_ops(state.device.type):
             H_pre, H_post, H_res = self.mappings(state)
-            self._keep(H_pre, H_post, H_res)
+            self._keep(state, H_pre, H_post, H_res)
             u = ops.pre_mix(state, H_pre)
         y = sublayer(u)
         with connection_ops(state.device.type):

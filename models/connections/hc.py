@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import ConnectionConfig
 from ..layers import RMSNorm
-from .base import StreamConnection
+from .base import StreamConnection, grad_norm
 
 
 class HyperConnection(StreamConnection):
@@ -49,7 +49,8 @@ class HyperConnection(StreamConnection):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Deterministic (Eq. 14); `generator` is accepted for the common interface."""
         n = self.cfg.n
         for name, param in self.named_parameters(recurse=False):
             if name.startswith("dynamic_") and not name.endswith("_scale"):
@@ -100,3 +101,14 @@ class HyperConnection(StreamConnection):
         else:
             H_post = x.new_ones((*batch, n), dtype=torch.float32)
         return H_pre, H_post, H_res
+
+    def mapping_grad_norms(self) -> dict[str, float | None]:
+        def grads(*names: str) -> float | None:
+            return grad_norm(*(getattr(self, n).grad for n in names if hasattr(self, n)))
+
+        # the shared dynamic_alpha_scale (pre and res) is left out of both
+        return {
+            "res": grads("static_res", "dynamic_res"),
+            "pre": grads("static_pre", "dynamic_pre"),
+            "post": grads("static_post", "dynamic_post", "dynamic_beta_scale"),
+        }

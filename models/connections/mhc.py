@@ -13,45 +13,96 @@ stream i <- input stream j) is column 2n + i*n + j of phi.
 
 Parameters per sub-layer: nC (n^2 + 2n) + (n^2 + 2n) + 3. The RMS uses `norm_eps` inside the square
 root (the model's RMSNorm epsilon, 1e-20 for the paper's scales).
+
+The mHC paper's Table 1 switches (`learn_res/pre/post = false`) replace a mapping by its fixed form
+(H_res -> I, H_pre -> 1/n, H_post -> 1); phi, b and alpha then only hold the learned ones, in the same
+[pre | post | res] order. With every mapping learned the ops run through the kernel dispatch (fused on CUDA).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from ..config import ConnectionConfig
 from ..kernels import get_ops
-from .base import StreamConnection
+from ..kernels.sinkhorn import sinkhorn_fast
+from .base import StreamConnection, grad_norm
 
 
 class ManifoldHyperConnection(StreamConnection):
     def __init__(self, cfg: ConnectionConfig, dim: int, index: int, norm_eps: float = 1e-20):
         super().__init__(cfg, dim, index, norm_eps)
         n = cfg.n
-        self.phi = nn.Parameter(torch.empty(n * dim, n * n + 2 * n))
-        self.bias = nn.Parameter(torch.empty(n * n + 2 * n))
-        self.alpha = nn.Parameter(torch.empty(3))  # alpha_pre, alpha_post, alpha_res
+        # the learned mappings in [pre | post | res] order, with their widths in phi / b
+        self.learned = [m for m, on in (("pre", cfg.learn_pre), ("post", cfg.learn_post), ("res", cfg.learn_res)) if on]
+        self.widths = [n * n if m == "res" else n for m in self.learned]
+        self.phi = nn.Parameter(torch.empty(n * dim, sum(self.widths)))
+        self.bias = nn.Parameter(torch.empty(sum(self.widths)))
+        self.alpha = nn.Parameter(torch.empty(len(self.learned)))  # alpha of each learned mapping
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         cfg, n = self.cfg, self.cfg.n
-        nn.init.normal_(self.phi, std=cfg.phi_init_std)
+        std = cfg.phi_init_std if cfg.phi_init == "normal" else 1.0 / (cfg.alpha_init * math.sqrt(n * self.dim))
+        self.phi.normal_(0.0, std, generator=generator)
         self.alpha.fill_(cfg.alpha_init)
-        self.bias.zero_()
-        if cfg.bias_init == "identity":
-            # H_pre ~ one-hot of stream (index mod n), H_post = 1, H_res ~ I (Sinkhorn of exp(I) alone is
-            # far from I, hence a large diagonal logit).
-            pre = torch.full((n,), -cfg.identity_logit)
-            pre[self.index % n] = cfg.identity_logit
-            self.bias[:n] = pre
-            self.bias[2 * n :] = (cfg.identity_logit * torch.eye(n)).flatten()
+        bias = {"pre": torch.zeros(n), "post": torch.zeros(n), "res": torch.zeros(n, n)}
+        if cfg.bias_init in ("identity", "spread"):
+            # H_pre ~ one-hot of stream (index mod n), H_res ~ I (Sinkhorn of exp(I) alone is far from I, hence a
+            # large diagonal logit); "spread" also gives every stream a different H_post.
+            own = self.index % n
+            L = cfg.identity_logit
+            bias["pre"] = torch.full((n,), -L)
+            bias["pre"][own] = L
+            bias["res"] = L * torch.eye(n)
+            if cfg.bias_init == "spread":
+                bias["post"] = torch.full((n,), -1.0)
+                bias["post"][own] = 1.0
+        self.bias.copy_(torch.cat([bias[m].flatten() for m in self.learned]))
 
     def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        ops = get_ops(cfg.kernels, x.device)
-        hh, inv_rms = ops.proj_rms(x.flatten(-2), self.phi, self.norm_eps)  # (a) Eq. 14-15
-        return ops.coefficients(  # (b)+(c) Eq. 16-19
-            hh, inv_rms, self.alpha, self.bias, cfg.n, cfg.sinkhorn_iters, cfg.pre_eps, cfg.sinkhorn_eps
+        cfg, n = self.cfg, self.cfg.n
+        if len(self.learned) == 3:
+            ops = get_ops(cfg.kernels, x.device)
+            hh, inv_rms = ops.proj_rms(x.flatten(-2), self.phi, self.norm_eps)  # (a) Eq. 14-15
+            return ops.coefficients(  # (b)+(c) Eq. 16-19
+                hh, inv_rms, self.alpha, self.bias, n, cfg.sinkhorn_iters, cfg.pre_eps, cfg.sinkhorn_eps
+            )
+        # Some mappings fixed (Table 1 switches): the same equations on the learned ones, in PyTorch.
+        xf = x.flatten(-2).float()
+        h = (xf @ self.phi.float()) * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        logits = {
+            m: self.alpha[k].float() * part + b
+            for k, (m, part, b) in enumerate(
+                zip(self.learned, h.split(self.widths, -1), self.bias.float().split(self.widths), strict=True)
+            )
+        }
+        batch = x.shape[:-2]
+        H_pre = (
+            torch.sigmoid(logits["pre"]) + cfg.pre_eps
+            if "pre" in logits
+            else x.new_full((*batch, n), 1.0 / n, dtype=torch.float32)
         )
+        H_post = 2.0 * torch.sigmoid(logits["post"]) if "post" in logits else x.new_ones((*batch, n), dtype=torch.float32)
+        if "res" in logits:
+            H_res = sinkhorn_fast(logits["res"].unflatten(-1, (n, n)), cfg.sinkhorn_iters, cfg.sinkhorn_eps)
+        else:
+            H_res = torch.eye(n, device=x.device).expand(*batch, n, n)
+        return H_pre, H_post, H_res
+
+    def mapping_grad_norms(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {"res": None, "pre": None, "post": None}
+        start = 0
+        for k, (name, width) in enumerate(zip(self.learned, self.widths, strict=True)):
+            cols = slice(start, start + width)
+            start += width
+            out[name] = grad_norm(
+                None if self.phi.grad is None else self.phi.grad[:, cols],
+                None if self.bias.grad is None else self.bias.grad[cols],
+                None if self.alpha.grad is None else self.alpha.grad[k : k + 1],
+            )
+        return out

@@ -63,7 +63,7 @@ class _Pre(torch.autograd.Function):
     def forward(ctx, x, conn, block: RecomputeBlock, k: int, *params):
         ctx.conn, ctx.block, ctx.k = conn, block, k
         H_pre, H_post, H_res = conn.mappings(x)
-        conn._keep(H_pre, H_post, H_res)
+        conn._keep(x, H_pre, H_post, H_res)
         u = get_ops(conn.cfg.kernels, x.device).pre_mix(x, H_pre)
         if k == 0:
             ctx.save_for_backward(x)  # the only stream state the block stores

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sinkhorn import sinkhorn
+from .sinkhorn import sinkhorn_fast
 
 
 def proj_rms(x_flat: torch.Tensor, phi: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +44,7 @@ def coefficients(
     H_pre = torch.sigmoid(a[0] * h_pre + b[:n]) + pre_eps
     H_post = 2.0 * torch.sigmoid(a[1] * h_post + b[n : 2 * n])
     logits = (a[2] * h_res + b[2 * n :]).unflatten(-1, (n, n))
-    return H_pre, H_post, sinkhorn(logits, iters, sinkhorn_eps)
+    return H_pre, H_post, sinkhorn_fast(logits, iters, sinkhorn_eps)
 
 
 # The mixes accumulate in float32 and round once to the activation dtype, like the fused kernels: with bf16

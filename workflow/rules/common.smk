@@ -33,7 +33,7 @@ RUN_LOG = f"{{scale}}/{{variant}}/seed{{seed}}"
 
 wildcard_constraints:
     scale="|".join(map(re.escape, config["scales"])),
-    variant="|".join(map(re.escape, config["variants"])),
+    variant="|".join(map(re.escape, sorted(PLAN["variants"], key=len, reverse=True))),
     seed=r"\d+",
     dataset="|".join(map(re.escape, config["datasets"])),
 

@@ -13,6 +13,7 @@ rule evaluate:
         limit=lambda wc: f"--limit {config['evaluation']['limit']}" if config["evaluation"].get("limit") else "",
         data_root=lambda wc: f"--data-root {shlex.quote(config['data_root'])}" if config.get("data_root") else "",
         batch_size=config["evaluation"].get("batch_size", 8),
+        per_item="--per-item" if config["evaluation"].get("per_item") else "",
     log:
         f"{RESULTS}/logs/evaluate/{RUN_LOG}.log",
     benchmark:
@@ -26,5 +27,5 @@ rule evaluate:
         "../envs/mhc.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m eval.run --checkpoint {params.run_dir} --skip-unfinished "
-        "{params.tasks} {params.limit} {params.data_root} --batch-size {params.batch_size} "
+        "{params.tasks} {params.limit} {params.data_root} --batch-size {params.batch_size} {params.per_item} "
         "--out {output} > {log} 2>&1"
