@@ -1,9 +1,12 @@
 """`python -m analysis.figures --index results/analysis/runs.json --out results/figures`.
 
-The paper's result figures (2, 3, 5, 6, 7, 8) redrawn from our runs, each as PNG and PDF. Every figure names the
-tier and scale it shows and carries a "paper: ..." note with the paper's number where the paper gives one, so a
-reader never mistakes our tiny-scale curve for the paper's. A figure whose runs are not in this tier's config is
-still written, as a figure that says "not run in this tier", so the report's links never break.
+The paper's result figures (2, 3, 5, 6, 7, 8) redrawn from our runs, each as PNG and PDF, and two checks of our own:
+`fig_mechanism` (does each connection's mechanism operate: stream spread, how far H_res moved, the gradient reaching
+H_res, H_post's spread) and `fig_lr_sweep` (the stability stress test: final loss, gradient norms and divergences at
+larger learning rates). Every figure names the tier and scale it shows and carries a "paper: ..." note with the
+paper's number where the paper gives one, so a reader never mistakes our tiny-scale curve for the paper's. A figure
+whose runs are not in this tier's config is still written, as a figure that says "not run in this tier", so the
+report's links never break.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter  # noqa: E402
 
 from . import paper  # noqa: E402
+from .plan import lr_variant  # noqa: E402
 from .tables import (  # noqa: E402
     amax_run,
     compute_scaling_points,
+    final_val_loss,
     find_run,
     find_runs,
     is_number,
@@ -46,7 +53,8 @@ from .tables import (  # noqa: E402
 NOT_RUN = "not run in this tier"
 COLORS = {"baseline": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4", "mhc-id": "#17becf"}
 LABELS = {"baseline": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-id": "mHC-id"}
-EXTRA_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
+# the first five are what the other figures have always used; the rest keep ~9 variants (fig_mechanism) apart
+EXTRA_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#ff7f0e", "#393b79", "#8c6d31", "#7b4173"]
 
 
 def color_of(variant: str, order: Sequence[str] = ()) -> str:
@@ -69,6 +77,8 @@ FIGURES: tuple[str, ...] = (
     "fig6_scaling",
     "fig7_mhc_amax",
     "fig8_mappings",
+    "fig_mechanism",
+    "fig_lr_sweep",
 )
 
 
@@ -617,6 +627,491 @@ def fig8_mappings(index: dict[str, Any]) -> tuple[Figure, str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Mechanism check: does each connection's mechanism operate?
+
+MECHANISM_ARCHS = ("hc", "mhc", "gain")
+MARKERS = ("o", "s", "^", "D", "P", "X", "*", "h", "<", ">", "p", "d")  # no "v": ▼ marks exact zeros
+_SUBLAYER_KEYS = ("stream_spread", "hres_from_init", "hres_from_uniform", "post_spread")
+
+
+def variant_arch(index: dict[str, Any], variant: str) -> str | None:
+    """A variant's arch: from the index's `variants` table, else from any of its runs (old indexes lack the table)."""
+    spec = (index.get("variants") or {}).get(variant) or {}
+    if spec.get("arch"):
+        return str(spec["arch"])
+    run = next((r for r in find_runs(index, variant=variant) if r.get("arch")), None)
+    return str(run["arch"]) if run else None
+
+
+def mechanism_variants(index: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(variant, scale) of every hc/mhc/gain variant of the main comparison, then of the init ablation (a variant of
+    both counts once, at the main scale; one only in the init ablation is looked up at that section's scale)."""
+    main = index.get("main") or {}
+    init = index.get("init_ablation") or {}
+    out: dict[str, str | None] = {}
+    for section in (main, init):
+        for variant in section.get("variants") or []:
+            if variant not in out and variant_arch(index, variant) in MECHANISM_ARCHS:
+                out[variant] = section.get("scale") or main.get("scale")
+    return list(out.items())
+
+
+def mechanism_records(run: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The records of a run's diagnostics.jsonl that carry the mechanism curves, one per step (the last one written
+    for a step, as after a resume), in step order. Records of older runs (Amax curves only) do not count."""
+    keys = (*_SUBLAYER_KEYS, "grad_res")
+    by_step = {}
+    for record in read_jsonl((run or {}).get("diagnostics")):
+        if is_number(record.get("step")) and any(key in record for key in keys):
+            by_step[int(record["step"])] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _floats(values: Any) -> np.ndarray:
+    """A per-sub-layer list as floats; None and non-finite entries become NaN."""
+    return np.asarray([v if is_number(v) else np.nan for v in values or []], dtype=float)
+
+
+def _max_or_nan(values: Any) -> float:
+    arr = _floats(values)
+    return float(np.nanmax(arr)) if np.isfinite(arr).any() else math.nan
+
+
+@dataclass(frozen=True)
+class MechanismSeries:
+    """What fig_mechanism draws for one variant: per-sub-layer curves of the last diagnostics record of one run, and
+    the largest H_res gradient norm over sub-layers at every diagnostics record of that run."""
+
+    variant: str
+    arch: str
+    scale: str | None
+    run: str
+    seed: int
+    step: int
+    sublayer: dict[str, np.ndarray] = field(default_factory=dict)  # key -> value per sub-layer (NaN: not recorded)
+    initial_from_uniform: float = math.nan  # max over sub-layers of hres_from_uniform in the first record
+    grad_steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    grad_res_max: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN where no sub-layer has a gradient
+
+
+def mechanism_run(index: dict[str, Any], scale: str | None, variant: str) -> dict[str, Any] | None:
+    """The run whose curves fig_mechanism shows: seed 0 when it has mechanism diagnostics, else the lowest seed that
+    has them (any seed of the index at that scale); None when no run has them."""
+    run = find_run(index, scale, variant, 0)
+    if mechanism_records(run):
+        return run
+    return next((r for r in find_runs(index, scale=scale, variant=variant) if mechanism_records(r)), None)
+
+
+def mechanism_series(index: dict[str, Any]) -> dict[str, MechanismSeries]:
+    """variant -> MechanismSeries for every variant of `mechanism_variants` with a run that logged mechanism
+    diagnostics, in the sections' order (variants without any are left out: the figure lists them as not run)."""
+    out = {}
+    for variant, scale in mechanism_variants(index):
+        run = mechanism_run(index, scale, variant)
+        records = mechanism_records(run)
+        if not run or not records:
+            continue
+        last = records[-1]
+        out[variant] = MechanismSeries(
+            variant=variant,
+            arch=variant_arch(index, variant) or "?",
+            scale=scale,
+            run=str(run.get("key", "")),
+            seed=int(run.get("seed", 0)),
+            step=int(last["step"]),
+            sublayer={key: _floats(last.get(key)) for key in _SUBLAYER_KEYS},
+            initial_from_uniform=_max_or_nan(records[0].get("hres_from_uniform")),
+            grad_steps=np.asarray([r["step"] for r in records], dtype=float),
+            grad_res_max=np.asarray([_max_or_nan(r.get("grad_res")) for r in records], dtype=float),
+        )
+    return out
+
+
+def _log_curve(
+    ax: plt.Axes, x: np.ndarray, y: np.ndarray, color: str, marker: str, **style: Any
+) -> tuple[int, float, float]:
+    """One curve on a log y axis: positive values as a line with markers, exact zeros as ▼ on the bottom edge (a log
+    axis cannot show them, and "did not move at all" must not vanish). Returns (zeros, min, max) of the positives."""
+    y = np.asarray(y, dtype=float)
+    x = np.asarray(x, dtype=float)[: y.size]
+    zero = np.isfinite(y) & (y <= 0)
+    positive = np.where(np.isfinite(y) & (y > 0), y, np.nan)
+    ax.plot(x, positive, color=color, marker=marker, ms=3.5, **{"lw": 1.3, **style})
+    if zero.any():
+        ax.plot(
+            x[zero],
+            np.zeros(int(zero.sum())),
+            ls="",
+            marker="v",
+            ms=5,
+            color=color,
+            alpha=style.get("alpha", 1.0),
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+        )
+    finite = positive[np.isfinite(positive)]
+    return (
+        int(zero.sum()),
+        float(finite.min()) if finite.size else math.nan,
+        float(finite.max()) if finite.size else math.nan,
+    )
+
+
+def _threshold(ax: plt.Axes, value: float) -> None:
+    ax.axhline(value, color="k", ls="--", lw=1.0, zorder=1)
+    ax.text(
+        0.995,
+        value,
+        f"operates above {value:g}",
+        transform=ax.get_yaxis_transform(),
+        ha="right",
+        va="bottom",
+        fontsize=7.5,
+        color="k",
+        bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 0.5},
+    )
+
+
+def _sublayer_axis(ax: plt.Axes, ylabel: str, title: str) -> None:
+    ax.set_yscale("log")
+    ax.set(xlabel="sub-layer index l (attention = odd, FFN = even)", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title, fontsize=9)
+
+
+def _panel_empty(ax: plt.Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, transform=ax.transAxes, wrap=True)
+
+
+def fig_mechanism(index: dict[str, Any]) -> tuple[Figure, str]:
+    """(a) stream spread, (b) H_res distance from its init, (d) H_post spread per sub-layer at the last diagnostics
+    record; (c) the largest H_res gradient norm against step. One curve per hc/mhc/gain variant of the main
+    comparison and the init ablation, from its seed-0 run (else the lowest seed with diagnostics)."""
+    from models.diagnostics import MECHANISM_THRESHOLDS
+
+    main = index.get("main") or {}
+    scale = main.get("scale")
+    title = _title(index, "Mechanism check: do the connections' mappings operate?", scale, "seed 0 (else lowest seed)")
+    note = (
+        "paper: no counterpart (the paper reports no such diagnostics); thresholds: models.diagnostics."
+        f"MECHANISM_THRESHOLDS {MECHANISM_THRESHOLDS}. Curves from one validation sequence; ▼ on the bottom edge: "
+        "exactly 0 (off a log axis)."
+    )
+    wanted = mechanism_variants(index)
+    series = mechanism_series(index)
+    if not series:
+        names = ", ".join(label_of(v) for v, _ in wanted) or "none"
+        message = (
+            f"No run of an hc / mhc / gain variant (this tier's: {names}) left mechanism diagnostics "
+            "(diagnostics.jsonl with stream_spread, hres_from_init, grad_res)."
+        )
+        return not_run_figure(title, message, note), f"{NOT_RUN}: no mechanism diagnostics"
+    order = [v for v, _ in wanted]
+    style = {v: (color_of(v, order), MARKERS[i % len(MARKERS)]) for i, v in enumerate(order)}
+    missing = [label_of(v) for v in order if v not in series]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.2))
+    ax_a, ax_b, ax_c, ax_d = axes.ravel()
+
+    # (a) stream spread: a gain variant has one stream (spread 0 by definition), so it is left out
+    streams = [s for s in series.values() if s.arch != "gain"]
+    for s in streams:
+        values = s.sublayer["stream_spread"]
+        _log_curve(ax_a, np.arange(1, values.size + 1), values, *style[s.variant])
+    _threshold(ax_a, MECHANISM_THRESHOLDS["stream_spread"])
+    _sublayer_axis(ax_a, "stream spread ‖x_i − x̄‖ / ‖x̄‖ (log)", "(a) spread of the streams entering each sub-layer")
+    if not streams:
+        _panel_empty(ax_a, "no stream variant (hc / mhc) has diagnostics")
+
+    # (b) how far H_res moved from its step-0 value; the distance from uniform J/n (dotted) only where H_res did not
+    # start at J/n (where it did, both distances coincide) and only where H_res came near J/n (< 0.1): the collapse
+    # towards stream averaging that a from-init distance alone would not show
+    uniform_drawn = []
+    for s in series.values():
+        values = s.sublayer["hres_from_init"]
+        _log_curve(ax_b, np.arange(1, values.size + 1), values, *style[s.variant])
+        uniform = s.sublayer["hres_from_uniform"]
+        started_uniform = (
+            is_number(s.initial_from_uniform) and s.initial_from_uniform <= MECHANISM_THRESHOLDS["hres_from_init"]
+        )
+        if not started_uniform and np.isfinite(uniform).any() and np.nanmin(uniform) < 0.1:
+            color, marker = style[s.variant]
+            _log_curve(ax_b, np.arange(1, uniform.size + 1), uniform, color, marker, ls=":", lw=1.0, alpha=0.6)
+            uniform_drawn.append(label_of(s.variant))
+    _threshold(ax_b, MECHANISM_THRESHOLDS["hres_from_init"])
+    _sublayer_axis(
+        ax_b,
+        "max |H_res − H_res(step 0)| (token-averaged, log)",
+        "(b) how far H_res moved from its initial value"
+        + (f"; dotted: distance from J/n ({', '.join(uniform_drawn)})" if uniform_drawn else ""),
+    )
+
+    # (c) gradient norm reaching H_res (largest over sub-layers) at every diagnostics record
+    no_grad = []
+    for s in series.values():
+        if not np.isfinite(s.grad_res_max).any():
+            no_grad.append(label_of(s.variant))
+            continue
+        _log_curve(ax_c, s.grad_steps, s.grad_res_max, *style[s.variant])
+    ax_c.set_yscale("log")
+    ax_c.set(xlabel="training step", ylabel="max over sub-layers of ‖∂L/∂θ_res‖ (log)")
+    ax_c.set_title(
+        "(c) gradient norm reaching H_res's parameters"
+        + (f" (none for {', '.join(no_grad)}: H_res not learned)" if no_grad else ""),
+        fontsize=9,
+    )
+
+    # (d) H_post spread across streams (one stream for gain: left out)
+    post = [s for s in streams if np.isfinite(s.sublayer["post_spread"]).any()]
+    for s in post:
+        values = s.sublayer["post_spread"]
+        _log_curve(ax_d, np.arange(1, values.size + 1), values, *style[s.variant])
+    _sublayer_axis(ax_d, "max − min over streams of H_post (log)", "(d) spread of H_post across the streams")
+    if not post:
+        _panel_empty(ax_d, "no stream variant (hc / mhc) has H_post diagnostics")
+
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=style[s.variant][0],
+            marker=style[s.variant][1],
+            ms=4,
+            lw=1.3,
+            label=f"{label_of(s.variant)} [{s.arch}] seed {s.seed}, step {s.step}",
+        )
+        for s in series.values()
+    ]
+    handles.append(Line2D([], [], color="k", ls="--", lw=1, label="threshold: mechanism operates above"))
+    handles.append(Line2D([], [], color="grey", ls="", marker="v", ms=5, label="exactly 0 (bottom edge)"))
+    if uniform_drawn:
+        handles.append(Line2D([], [], color="grey", ls=":", lw=1, label="(b) dotted: max |H_res − J/n|"))
+    ncol = 3
+    rows = math.ceil(len(handles) / ncol)
+    bottom = 0.045 + 0.024 * rows
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, bbox_to_anchor=(0.5, 0.03), frameon=False)
+    if missing:
+        note += f" No mechanism diagnostics ({NOT_RUN}): {', '.join(missing)}."
+    fig.suptitle(title, fontsize=10)
+    _note(fig, note)
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
+    sources = "; ".join(f"{s.variant}: {s.run or s.seed} step {s.step}" for s in series.values())
+    status = "ok" if not missing else f"partial: {', '.join(missing)} {NOT_RUN}"
+    return fig, f"{status} (curves from {sources})"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LR sweep: stability under larger learning rates
+
+LR_SWEEP_COLUMNS = ["variant", "multiplier", "seed", "status", "final_val_loss", "max_grad_norm", "run", "last_step"]
+GRAD_SKIP_FRACTION = 0.1  # the max gradient norm leaves out the first 10% of the planned steps (warm-up)
+
+
+def _planned_steps(index: dict[str, Any], scale: str | None) -> float | None:
+    steps = ((index.get("scales") or {}).get(scale) or {}).get("steps")
+    return float(steps) if is_number(steps) and steps > 0 else None
+
+
+def max_grad_norm_after(frame: pd.DataFrame, planned_steps: float | None) -> float:
+    """Largest finite gradient norm after the first 10% of the planned steps (of the run's last logged step when the
+    plan's length is unknown); a run that stopped before that point counts all its steps. NaN without any."""
+    if frame.empty:
+        return math.nan
+    total = planned_steps or float(frame["step"].max())
+    after = frame[frame["step"] > GRAD_SKIP_FRACTION * total]
+    grads = (after if not after.empty else frame)["grad_norm"].to_numpy(dtype=float)
+    grads = grads[np.isfinite(grads)]
+    return float(grads.max()) if grads.size else math.nan
+
+
+def lr_sweep_points(index: dict[str, Any]) -> pd.DataFrame:
+    """One row per run of the LR sweep found in the index: variant (the base variant), multiplier, seed, status,
+    final_val_loss (completed runs only, else NaN), max_grad_norm (`max_grad_norm_after`), run (its key) and
+    last_step (last logged training step; NaN without metrics). Empty (with these columns) without a sweep."""
+    sweep = index.get("lr_sweep") or {}
+    scale, seeds = sweep.get("scale"), section_seeds(sweep)
+    planned = _planned_steps(index, scale)
+    rows = []
+    for variant in sweep.get("variants") or []:
+        for multiplier in sweep.get("multipliers") or []:
+            name = lr_variant(variant, multiplier)
+            for run in find_runs(index, scale=scale, variant=name, seeds=seeds or None):
+                frame = _train_frame(run)
+                loss = final_val_loss(run)
+                rows.append(
+                    {
+                        "variant": variant,
+                        "multiplier": float(multiplier),
+                        "seed": int(run.get("seed", 0)),
+                        "status": str(run.get("status", "missing")),
+                        "final_val_loss": math.nan if loss is None else loss,
+                        "max_grad_norm": max_grad_norm_after(frame, planned),
+                        "run": str(run.get("key", "")),
+                        "last_step": float(frame["step"].max()) if not frame.empty else math.nan,
+                    }
+                )
+    return pd.DataFrame(rows, columns=LR_SWEEP_COLUMNS)
+
+
+def _multiplier_axis(ax: plt.Axes, multipliers: Sequence[float]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(list(multipliers), [f"{m:g}×" for m in multipliers])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(min(multipliers) / 1.6, max(multipliers) * 1.6)
+    ax.set_xlabel("learning-rate multiplier (× the tier's learning rate, log)")
+
+
+def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
+    """(a) final val loss vs LR multiplier (points per seed, line = mean; diverged runs as x at the top edge with
+    their count); (b) max gradient norm after warm-up per run; (c) training loss at the largest multiplier."""
+    sweep = index.get("lr_sweep") or {}
+    scale, seeds = sweep.get("scale"), section_seeds(sweep)
+    title = _title(index, "LR sweep: stability under larger learning rates", scale, f"seeds {seeds}" if seeds else "")
+    note = (
+        "paper: no counterpart (the paper shows HC's loss surge and gradient spike at 27B at one learning rate, "
+        "Fig. 2; mHC stays stable, Fig. 5). Here the instability is provoked by raising the learning rate."
+    )
+    points = lr_sweep_points(index)
+    present = points[points["status"] != "missing"] if not points.empty else points
+    if not sweep or not sweep.get("variants") or not sweep.get("multipliers"):
+        return not_run_figure(title, "This tier's config has no LR sweep (no `lr_sweep` section).", note), (
+            f"{NOT_RUN}: no LR sweep"
+        )
+    if present.empty:
+        message = "The LR sweep is planned, but none of its runs has left any output yet."
+        return not_run_figure(title, message, note), f"{NOT_RUN}: no LR-sweep run has output"
+    variants = list(sweep["variants"])
+    multipliers = sorted(float(m) for m in sweep["multipliers"])
+    colors = {v: color_of(v, variants) for v in variants}
+    jitter = {v: 1.07 ** (k - (len(variants) - 1) / 2) for k, v in enumerate(variants)}  # keeps the seeds apart
+    fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(16, 5.0))
+
+    # (a) final validation loss of completed runs; diverged runs as x on the top edge with their count
+    done = present[(present["status"] == "completed") & np.isfinite(present["final_val_loss"])]
+    for variant in variants:
+        mine = done[done["variant"] == variant]
+        x = mine["multiplier"] * jitter[variant]
+        ax_a.scatter(x, mine["final_val_loss"], color=colors[variant], s=18, alpha=0.75, zorder=3)
+        if not mine.empty:
+            mean = mine.groupby("multiplier")["final_val_loss"].mean()
+            ax_a.plot(mean.index * jitter[variant], mean.to_numpy(), color=colors[variant], lw=1.6, zorder=2)
+        diverged = present[(present["variant"] == variant) & (present["status"] == "diverged")]
+        top_y = 0.965 - 0.06 * variants.index(variant)  # one row per variant: counts never hide each other
+        for multiplier, count in diverged.groupby("multiplier").size().items():
+            xm = multiplier * jitter[variant]
+            ax_a.plot(xm, top_y, "x", ms=9, mew=2.2, color=colors[variant], transform=ax_a.get_xaxis_transform())
+            ax_a.annotate(
+                str(count),
+                (xm, top_y),
+                xycoords=ax_a.get_xaxis_transform(),
+                xytext=(5, -2),
+                textcoords="offset points",
+                fontsize=8,
+                color=colors[variant],
+                va="center",
+                weight="bold",
+            )
+    if not done.empty:
+        low, high = float(done["final_val_loss"].min()), float(done["final_val_loss"].max())
+        pad = max(high - low, 0.02) * 0.1
+        room = (0.06 * len(variants) + 0.05) / (1 - 0.06 * len(variants) - 0.05)  # the x rows' share of the axis
+        ax_a.set_ylim(low - pad, high + pad + room * (high - low + 2 * pad))  # the x markers stay clear of the points
+    else:
+        _panel_empty(ax_a, "no run of the sweep completed")
+        ax_a.set_yticks([])
+    _multiplier_axis(ax_a, multipliers)
+    ax_a.set_ylabel("final validation loss (nats/token)")
+    ax_a.set_title("(a) final val loss (points: seeds, line: mean; x at top: diverged, with count)", fontsize=9)
+
+    # (b) largest gradient norm after warm-up, per run
+    planned = _planned_steps(index, scale)
+    grads = present[np.isfinite(present["max_grad_norm"])]
+    for variant in variants:
+        mine = grads[grads["variant"] == variant]
+        for status, marker in (("completed", "o"), ("diverged", "x")):
+            sel = mine[mine["status"] == status] if status == "completed" else mine[mine["status"] != "completed"]
+            ax_b.scatter(
+                sel["multiplier"] * jitter[variant],
+                sel["max_grad_norm"],
+                color=colors[variant],
+                marker=marker,
+                s=22 if marker == "o" else 40,
+                alpha=0.8,
+                zorder=3,
+            )
+        if not mine.empty:
+            geo = mine.groupby("multiplier")["max_grad_norm"].apply(lambda g: float(np.exp(np.log(g).mean())))
+            ax_b.plot(geo.index * jitter[variant], geo.to_numpy(), color=colors[variant], lw=1.2, zorder=2)
+    ax_b.set_yscale("log")
+    _multiplier_axis(ax_b, multipliers)
+    skip = f"step {GRAD_SKIP_FRACTION * planned:g}" if planned else f"the first {GRAD_SKIP_FRACTION:.0%} of steps"
+    ax_b.set_ylabel("max gradient norm (global L2, before clipping, log)")
+    ax_b.set_title(f"(b) largest gradient norm after {skip} (line: geometric mean)", fontsize=9)
+    if grads.empty:
+        _panel_empty(ax_b, "no run logged a gradient norm")
+
+    # (c) training loss at the largest multiplier, lowest seed with metrics per variant
+    top = multipliers[-1]
+    drawn, losses = [], []
+    for variant in variants:
+        candidates = present[(present["variant"] == variant) & (present["multiplier"] == top)].sort_values("seed")
+        for _, row in candidates.iterrows():
+            run = find_run(index, scale, lr_variant(variant, top), int(row["seed"]))
+            frame = _train_frame(run)
+            if frame.empty:
+                continue
+            color = colors[variant]
+            smooth = ema(frame["loss"])
+            ax_c.plot(frame["step"], frame["loss"], color=color, alpha=0.2, lw=0.7)
+            ax_c.plot(frame["step"], smooth, color=color, lw=1.6, label=f"{label_of(variant)} seed {int(row['seed'])}")
+            losses.append(frame["loss"].to_numpy(dtype=float))
+            if row["status"] == "diverged":
+                last = float(frame["step"].iloc[-1])
+                finite = smooth[np.isfinite(smooth)]
+                y = float(finite[-1]) if finite.size else math.nan
+                ax_c.axvline(last, color=color, ls=":", lw=1)
+                ax_c.plot([last], [y], "X", ms=10, color=color, mec="k", zorder=4)
+                ax_c.annotate(
+                    f"{label_of(variant)} diverged at step {last:g}",
+                    (last, 0.97),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(3, 0),
+                    textcoords="offset points",
+                    fontsize=7,
+                    rotation=90,
+                    ha="left",
+                    va="top",
+                    color=color,
+                )
+            drawn.append(variant)
+            break
+    if losses:
+        _maybe_log(ax_c, np.concatenate(losses))
+        ax_c.legend(fontsize=7, loc="upper right")
+    else:
+        _panel_empty(ax_c, f"no run at {top:g}× logged training steps")
+    ax_c.set(xlabel="training step", ylabel="training loss (nats/token; faint raw, bold EMA)")
+    ax_c.set_title(f"(c) training loss at the largest multiplier, {top:g}×", fontsize=9)
+
+    handles = [Line2D([], [], color=colors[v], marker="o", ms=4, lw=1.6, label=label_of(v)) for v in variants]
+    handles += [
+        Line2D([], [], color="grey", marker="o", ls="", ms=4, label="completed run"),
+        Line2D([], [], color="grey", marker="x", ls="", ms=7, mew=2, label="diverged (or failed) run"),
+        Line2D([], [], color="grey", marker="X", mec="k", ls="", ms=8, label="(c) last step of a diverged run"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, 0.04))
+    counts = present["status"].value_counts().to_dict()
+    missing = [label_of(v) for v in variants if present[present["variant"] == v].empty]
+    note += " Runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + "."
+    if missing:
+        note += f" No run with output: {', '.join(missing)}."
+    fig.suptitle(title, fontsize=10)
+    _note(fig, note)
+    fig.tight_layout(rect=(0, 0.11, 1, 0.96))
+    return fig, "ok" if not missing else f"partial: {', '.join(missing)} {NOT_RUN}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[Figure, str]]] = {
     "fig2_hc_instability": fig2_hc_instability,
@@ -625,6 +1120,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[Figure, str]]] = {
     "fig6_scaling": fig6_scaling,
     "fig7_mhc_amax": fig7_mhc_amax,
     "fig8_mappings": fig8_mappings,
+    "fig_mechanism": fig_mechanism,
+    "fig_lr_sweep": fig_lr_sweep,
 }
 
 

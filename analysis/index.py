@@ -86,6 +86,7 @@ def build_index(plan: dict[str, Any], git_sha: str | None = None) -> dict[str, A
     index["created"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     index["git_sha"] = git_sha
     index["scales"] = {name: scale_facts(name, s["model"], s["train"]) for name, s in plan["scales"].items()}
+    index["scale_configs"] = plan["scales"]  # the effective model/train configs (the report's deviations read them)
     index["runs"] = {key: run_entry(key, run) for key, run in plan["runs"].items()}
     return index
 

@@ -170,6 +170,7 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
         "measurements": dict(config["measurements"]),
         "variants": variants,
         "run_options": dict(config.get("run", {})),
+        "power": dict(config["power"]) if config.get("power") else None,
         "scales": {
             name: {"model": effective_model(config, name), "train": effective_train(config, name)}
             for name in sorted({run["scale"] for run in runs.values()} | set(config["measurements"]["scales"]))

@@ -53,6 +53,10 @@ def seeds_needed(sd: float, target: float, alpha: float = 0.05, power: float = 0
 
 
 def final_val_loss(run: Path) -> float | None:
+    """The last validation loss of a completed run (None while it runs, or when it diverged)."""
+    status = run / "status.json"
+    if not status.is_file() or json.loads(status.read_text()).get("status") != "completed":
+        return None
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     values = [r["val_loss"] for r in rows if "val_loss" in r]
     return values[-1] if values else None

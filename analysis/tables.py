@@ -863,7 +863,9 @@ def overhead(index: dict[str, Any], measurements: dict[str, Any] | None) -> Tabl
 
 
 def build_tables(index: dict[str, Any], measurements: dict[str, Any] | None) -> list[Table]:
-    """Every table, in the paper's order."""
+    """Every table, in the paper's order, then the per-item benchmark comparison."""
+    from .benchmarks import benchmark_table  # (it reads runs through this module)
+
     return [
         table1_ablation(index),
         table2_memory_access(index, measurements),
@@ -871,6 +873,7 @@ def build_tables(index: dict[str, Any], measurements: dict[str, Any] | None) -> 
         table4_benchmarks(index),
         table5_configs(index),
         overhead(index, measurements),
+        benchmark_table(index),
     ]
 
 

@@ -95,7 +95,8 @@ def choice_items(samples: list[dict]) -> list[dict]:
                 "doc_id": sample["doc_id"],
                 "gold": target,
                 "ll": [float(r[0]) for r in responses],
-                "chars": [len(arg[1]) for arg in sample["arguments"]],
+                # lm-eval's acc_norm divides by the choice's length without the target delimiter (a space by default)
+                "chars": [len(arg[1]) - arg[1].startswith(" ") for arg in sample["arguments"]],
             }
         )
     return sorted(items, key=lambda item: item["doc_id"])

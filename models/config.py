@@ -274,7 +274,9 @@ def validate_model_config(cfg: ModelConfig) -> None:
                 which = " or ".join(f"'{a}'" for a in archs)
                 raise ConfigError(f"connection.{name} applies to arch {which} only (arch is '{conn.arch}')")
     if conn.arch == "mhc" and conn.phi_init == "unit" and conn.alpha_init <= 0:
-        raise ConfigError(f"connection.phi_init='unit' scales phi by 1/alpha_init, which must be > 0 (got {conn.alpha_init})")
+        raise ConfigError(
+            f"connection.phi_init='unit' scales phi by 1/alpha_init, which must be > 0 (got {conn.alpha_init})"
+        )
     if conn.arch == "mhc" and conn.kernels == "triton" and not (conn.learn_res and conn.learn_pre and conn.learn_post):
         raise ConfigError("connection.kernels='triton' needs every mHC mapping learned (learn_res/pre/post = true)")
     if conn.kernels not in ("auto", "reference", "triton"):

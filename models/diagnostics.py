@@ -102,10 +102,14 @@ def amax_gain(H: list[torch.Tensor], reduce: str = "token") -> dict[str, list[fl
 MECHANISM_THRESHOLDS = {"hres_from_init": 0.02, "stream_spread": 0.05}
 
 
-def mechanism_operated(record: dict) -> tuple[bool, str]:
-    """Whether one diagnostics record (a line of diagnostics.jsonl) shows the mechanism at work, and why (not)."""
+def mechanism_operated(record: dict, keys: tuple[str, ...] = tuple(MECHANISM_THRESHOLDS)) -> tuple[bool, str]:
+    """Whether one diagnostics record (a line of diagnostics.jsonl) shows the mechanism at work, and why (not).
+
+    `keys` picks the criteria that apply: both for a learned H_res over n streams; only "hres_from_init" for the
+    single-stream `gain` control (its 1 x 1 "H_res" is the residual gain); only "stream_spread" when H_res is fixed."""
     reasons, ok = [], True
-    for key, threshold in MECHANISM_THRESHOLDS.items():
+    for key in keys:
+        threshold = MECHANISM_THRESHOLDS[key]
         values = [v for v in record.get(key) or [] if v is not None]
         if not values:
             return False, f"{key} not recorded"

@@ -200,9 +200,9 @@ register(_ladder("cpu-d8", 8, 64, 4, 8, 2, 4096, 128, 16, 250, 3e-3, "cpu tier m
 # The default tier's dense ladder: the same deep-and-thin shapes with a dense SwiGLU FFN (3 x dim) in every block.
 # At width 64 the MoE's routing (2 of 8 experts of width 48) only adds seed-to-seed noise to the comparison of
 # residual connections, which is what the tier measures; the gpu and paper tiers keep the MoE.
-register(_ladder("cpu-dense-d4", 4, 48, 4, 0, 0, 4096, 128, 16, 300, 3e-3, "dense cpu ladder, 8 sub-layers", 144))
-register(_ladder("cpu-dense-d6", 6, 64, 4, 0, 0, 4096, 128, 16, 400, 3e-3, "dense cpu ladder, 12 sub-layers", 192))
-register(_ladder("cpu-dense-d8", 8, 64, 4, 0, 0, 4096, 128, 16, 500, 3e-3, "dense cpu tier main, 16 sub-layers", 192))
+register(_ladder("cpu-dense-d4", 4, 48, 4, 0, 0, 4096, 128, 16, 200, 3e-3, "dense cpu ladder, 8 sub-layers", 144))
+register(_ladder("cpu-dense-d6", 6, 64, 4, 0, 0, 4096, 128, 16, 300, 3e-3, "dense cpu ladder, 12 sub-layers", 192))
+register(_ladder("cpu-dense-d8", 8, 64, 4, 0, 0, 4096, 128, 16, 400, 3e-3, "dense cpu tier main, 16 sub-layers", 192))
 # gpu tier: one GPU, hours.
 register(_ladder("gpu-s", 8, 512, 8, 16, 4, 32768, 1024, 64, 6000, 1.5e-3, "gpu ladder"))
 register(_ladder("gpu-m", 12, 768, 12, 16, 4, 32768, 1024, 96, 10000, 1.2e-3, "gpu ladder"))

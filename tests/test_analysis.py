@@ -113,6 +113,14 @@ def diagnostics(variant: str, sublayers: int = 8) -> dict[str, Any]:
         "composite_forward": [1.0] * sublayers,
         "composite_backward": [1.3] * sublayers,
         "composite_min_col": [0.7] * sublayers,
+        # the mechanism operates: the streams differ and H_res moved (models.diagnostics.MECHANISM_THRESHOLDS)
+        "stream_spread": [0.0] + [0.3] * (sublayers - 1),
+        "hres_from_init": [0.1] * sublayers,
+        "hres_from_uniform": [0.6] * sublayers,
+        "hres_token_dev": [0.05] * sublayers,
+        "pre_spread": [0.9] * sublayers,
+        "post_spread": [0.9] * sublayers,
+        "grad_res": [1e-3] * sublayers,
     }
 
 
@@ -371,79 +379,105 @@ def test_t_table_agrees_with_scipy() -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Verdict rules
 
-R, NR, NT = report.REPRODUCED, report.NOT_REPRODUCED, report.NOT_TESTABLE
+R, C, I, BC = report.REPRODUCED, report.CONTRADICTED, report.INCONCLUSIVE, report.BY_CONSTRUCTION
+PAPER_GAP = -0.021
 
 
 @pytest.mark.parametrize(
     ("gaps", "expected"),
     [
         ([-0.03, -0.031, -0.032], R),
-        ([0.03, 0.031, 0.032], NR),
-        ([-0.1, 0.1, 0.0], NR),  # CI spans 0: tested, no significant advantage
-        ([-0.03], NT),  # one seed: no CI
-        ([], NT),
+        ([0.03, 0.031, 0.032], C),  # significantly worse
+        ([-0.1, 0.1, 0.0], I),  # CI contains 0 and the paper's -0.021
+        ([0.001, -0.001, 0.0, 0.002, -0.002], C),  # contains 0, excludes -0.021: an effect that large is ruled out
+        ([-0.03], I),  # one seed: no CI
+        ([], I),
     ],
 )
 def test_verdict_negative_gap(gaps: list[float], expected: str) -> None:
-    assert report.verdict_negative_gap(gaps)[0] == expected
+    assert report.verdict_negative_gap(gaps, PAPER_GAP)[0] == expected
 
 
-def test_verdict_instability() -> None:
-    assert report.verdict_instability(["diverged", "completed"], [1.0], [0.0])[0] == R
-    assert report.verdict_instability(["completed"] * 3, [1.1, 5.0, 0.9], [0.0, 0.0, 0.0])[0] == R  # spike
-    assert report.verdict_instability(["completed"] * 3, [1.1, 1.0, 0.9], [0.0, 0.2, 0.0])[0] == R  # surge
-    assert report.verdict_instability(["completed"] * 3, [1.1, 1.2, 0.9], [0.01, 0.0, 0.02])[0] == NR
-    assert report.verdict_instability(["completed"], [1.0], [0.0])[0] == NT
-    assert report.verdict_instability([], [], [])[0] == NT
+def test_verdict_negative_gap_needs_the_mechanism() -> None:
+    verdict, why = report.verdict_negative_gap([-0.03, -0.031, -0.032], PAPER_GAP, mechanism=False)
+    assert verdict == I and "not shown to operate" in why
+
+
+def test_verdict_instability_sign_test_over_cells() -> None:
+    # (HC unstable, mHC unstable) per (LR, seed) cell
+    assert report.verdict_instability([(True, False)] * 6, True)[0] == R  # p = 1/64
+    assert report.verdict_instability([(True, False)] * 3 + [(False, False)] * 3, True)[0] == I  # p = 1/8
+    assert report.verdict_instability([(True, True)] * 2 + [(False, False)] * 4, True)[0] == C  # mHC as unstable
+    assert report.verdict_instability([(False, True)] * 2 + [(False, False)] * 4, True)[0] == C
+    assert report.verdict_instability([(False, False)] * 6, False)[0] == I  # the stress test did not bite
+    assert report.verdict_instability([], False)[0] == I
 
 
 def test_verdict_amax_and_forward_gain() -> None:
-    assert report.verdict_amax(3000.0, 1.6)[0] == R
-    assert report.verdict_amax(5.0, 1.6)[0] == NR  # HC not 10x above mHC
-    assert report.verdict_amax(300.0, 3.0)[0] == NR  # mHC not bounded
-    assert report.verdict_amax(None, 1.6)[0] == NT
-    assert report.verdict_forward_gain(1e-7)[0] == R
-    assert report.verdict_forward_gain(0.05)[0] == NR
-    assert report.verdict_forward_gain(None)[0] == NT
+    assert report.verdict_amax(3000.0, 1.6, mechanism=True)[0] == R
+    assert report.verdict_amax(3000.0, 1.0, mechanism=False)[0] == BC  # H_res never moved: trivially bounded
+    assert report.verdict_amax(5.0, 1.6, mechanism=True)[0] == C  # HC not 10x above mHC
+    assert report.verdict_amax(300.0, 3.0, mechanism=True)[0] == C  # mHC not bounded
+    assert report.verdict_amax(None, 1.6, mechanism=True)[0] == I
+    assert report.verdict_forward_gain(1e-7)[0] == BC
+    assert report.verdict_forward_gain(0.05)[0] == C
+    assert report.verdict_forward_gain(None)[0] == I
 
 
 def test_verdict_ablation() -> None:
     assert report.verdict_ablation([-0.022, -0.021], [-0.027, -0.026])[0] == R
-    assert report.verdict_ablation([-0.002, -0.001], [-0.027, -0.026])[0] == NR  # H_res gives too little
-    assert report.verdict_ablation([0.01, 0.02], [0.03, 0.031])[0] == NR  # HC worse than baseline
-    assert report.verdict_ablation([-0.02], [-0.027])[0] == NT  # one seed
+    assert report.verdict_ablation([-0.002, -0.001], [-0.027, -0.026])[0] == C  # H_res gives too little
+    assert report.verdict_ablation([0.01, 0.02], [0.03, 0.031])[0] == C  # HC worse than baseline
+    assert report.verdict_ablation([0.01, 0.02], [-0.03, 0.031])[0] == I  # no HC gain to divide up
+    assert report.verdict_ablation([-0.02], [-0.027])[0] == I  # one seed
 
 
-def test_verdict_wins_sign_test() -> None:
+def test_verdict_benchmarks_per_task_cis() -> None:
     assert report.sign_test_p(8, 8) == pytest.approx(1 / 256)
     assert report.sign_test_p(6, 8) == pytest.approx(37 / 256)
-    assert report.verdict_wins(8, 0)[0] == R
-    assert report.verdict_wins(7, 1)[0] == R  # p = 9/256
-    assert report.verdict_wins(6, 2)[0] == NR  # p = 0.145: tested, not significant
-    assert report.verdict_wins(4, 4)[0] == NR
-    assert report.verdict_wins(3, 0)[0] == NT  # too few non-tied benchmarks
+    up, down, flat = mean_ci([0.02, 0.021, 0.022]), mean_ci([-0.02, -0.021, -0.022]), mean_ci([-0.1, 0.1, 0.0])
+    assert report.verdict_benchmarks({"piqa": up, "hellaswag": flat})[0] == R
+    assert report.verdict_benchmarks({"piqa": down, "hellaswag": flat})[0] == C
+    assert report.verdict_benchmarks({"piqa": up, "hellaswag": down})[0] == I
+    assert report.verdict_benchmarks({"piqa": flat})[0] == I
+    assert report.verdict_benchmarks({"piqa": mean_ci([0.02])})[0] == I  # one seed
+    assert report.verdict_benchmarks({"piqa": up}, mechanism=False)[0] == I
 
 
 def test_verdict_scaling_and_overhead() -> None:
     good = [mean_ci([-0.02, -0.021]), mean_ci([-0.018, -0.019])]
     assert report.verdict_compute_scaling(good)[0] == R
-    assert report.verdict_compute_scaling([mean_ci([-0.02])] * 3)[0] == NT
-    assert report.verdict_compute_scaling([*good, mean_ci([0.02, 0.021])])[0] == NR
+    assert report.verdict_compute_scaling(good, mechanism=False)[0] == I
+    assert report.verdict_compute_scaling([mean_ci([-0.02])] * 3)[0] == I
+    assert report.verdict_compute_scaling([*good, mean_ci([0.02, 0.021])])[0] == C
     assert report.verdict_token_scaling({10: [-0.01, -0.02], 20: [-0.02, -0.021], 30: [-0.03, -0.031]})[0] == R
-    assert report.verdict_token_scaling({10: [-0.01], 20: [-0.02]})[0] == NT
-    assert report.verdict_token_scaling({})[0] == NT
+    assert report.verdict_token_scaling({10: [-0.01], 20: [-0.02]})[0] == I
+    assert report.verdict_token_scaling({})[0] == I
     cpu = [{"arch": "mhc", "ratio": 1.5, "kernels": "reference", "device": "cpu"}]
-    assert report.verdict_overhead(cpu)[0] == NT
+    assert report.verdict_overhead(cpu)[0] == I
     assert report.verdict_overhead([{"arch": "mhc", "ratio": 1.05, "kernels": "triton", "device": "cuda"}])[0] == R
-    assert report.verdict_overhead([{"arch": "mhc", "ratio": 1.5, "kernels": "triton", "device": "cuda"}])[0] == NR
-    assert report.verdict_overhead([])[0] == NT
+    assert report.verdict_overhead([{"arch": "mhc", "ratio": 1.5, "kernels": "triton", "device": "cuda"}])[0] == C
+    assert report.verdict_overhead([])[0] == I
 
 
-def test_diverged_hc_run_counts_as_instability(index: dict[str, Any]) -> None:
+def test_run_stability_flags_divergence_and_surges(tmp_path: Path) -> None:
+    def run(losses: list[float], status: str = "completed") -> dict[str, Any]:
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.jsonl"
+        rows = [{"step": i + 1, "loss": v, "grad_norm": 1.0 + (5.0 if i == 30 else 0.0)} for i, v in enumerate(losses)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"metrics": str(path), "status": status, "final_val_loss": losses[-1]}
+
+    smooth = [6.0 - 0.01 * i for i in range(100)]
+    surge = smooth[:60] + [smooth[59] + 0.5] * 40  # the loss jumps by 0.5 nats and stays
+    assert not report.run_stability(run(smooth))["unstable"]
+    assert report.run_stability(run(surge))["unstable"]
+    assert report.run_stability(run(smooth, "diverged"))["unstable"]
+    assert report.run_stability(run(smooth))["spike"] == pytest.approx(6.0)
+
+
+def test_diverged_run_is_in_the_runs_table(index: dict[str, Any]) -> None:
     diverged = json.loads(json.dumps(index))
     diverged["runs"]["s2/hc/seed1"].update(status="diverged", reason="non-finite loss at step 40", final_val_loss=None)
-    claims = {c.claim.split(".")[0]: c for c in report.claims(diverged, None)}
-    assert claims["2"].verdict == R and "1 of 3 HC runs diverged" in claims["2"].ours
     assert tables.paired_gaps(diverged, "s2", "hc", "baseline", [0, 1, 2]) == pytest.approx({0: -0.02, 2: -0.02})
     assert any(
         line.startswith("| s2/hc/seed1 | main | diverged | non-finite loss at step 40 |")
@@ -562,26 +596,47 @@ def _assert_written(out: Path) -> None:
 
 def test_figures_and_report(index: dict[str, Any], tmp_path: Path) -> None:
     statuses = build_figures(index, tmp_path / "figures", dpi=40)
-    assert statuses == dict.fromkeys(FIGURES, "ok")
+    paper_figures = [name for name in FIGURES if name.startswith("fig") and name[3].isdigit()]
+    assert {name: statuses[name] for name in paper_figures} == dict.fromkeys(paper_figures, "ok")
+    assert statuses["fig_mechanism"] == "ok" or statuses["fig_mechanism"].startswith("partial")
+    assert statuses["fig_lr_sweep"].startswith("not run in this tier")  # this index has no LR sweep
     _assert_written(tmp_path / "figures")
 
     for table in tables.build_tables(index, MEASUREMENTS):
         tables.write_table(table, tmp_path / "tables")
-    text = report.build_report(index, tmp_path / "tables", tmp_path / "figures", tmp_path, MEASUREMENTS)
+    text, summary = report.build_report(index, tmp_path / "tables", tmp_path / "figures", tmp_path, MEASUREMENTS)
     claims = {c.claim.split(".")[0]: c for c in report.claims(index, MEASUREMENTS)}
-    assert claims["1"].verdict == R  # gaps -0.03, -0.031, -0.032
-    assert claims["2"].verdict == NR  # 3 HC seeds, grad-norm ratio ~1.1, no surge
-    assert claims["3"].verdict == R  # HC composite 1.5^8 = 25.6 >= 10 x mHC's 1.3, mHC <= 2
-    assert claims["4"].verdict == R
-    assert claims["5"].verdict == NT  # one ablation seed
-    assert claims["6a"].verdict == R and claims["6b"].verdict == R  # 7 of 7 scored (TriviaQA missing)
+    assert claims["1"].verdict == R  # gaps -0.03, -0.031, -0.032, and the mechanism operated
+    assert claims["2"].verdict == I  # no LR sweep in this index
+    assert claims["3"].verdict == R  # HC composite 1.5^8 = 25.6 >= 10 x mHC's 1.3, mHC <= 2, H_res moved
+    assert claims["4"].verdict == BC
+    assert claims["5"].verdict == I  # one ablation seed
+    assert claims["6a"].verdict == I and claims["6b"].verdict == I  # no per-item scores
     assert claims["7"].verdict == R
-    assert claims["8"].verdict == NT  # one token-scaling seed
-    assert claims["9"].verdict == NT  # CPU reference path
+    assert claims["8"].verdict == I  # one token-scaling seed
+    assert claims["9"].verdict == I  # CPU reference path
     assert "![Fig. 2: training loss gap HC − mHC and gradient norms](figures/fig2_hc_instability.png)" in text
     assert "baber/piqa train is missing" in text and "## Deviations" in text
+    assert "## Mechanism" in text and "| mhc | mhc | 3 of 3 |" in text
     assert "| s2/hc/seed0 |" in text and "completed" in text
     assert "abc123" in text and "2026-11-29T18:00:00Z" in text
+    assert summary.strip() and summary.strip() in text  # the README block is the report's own summary
+
+
+def test_mhc_claims_are_inconclusive_when_its_mechanism_did_not_operate(index: dict[str, Any]) -> None:
+    frozen = json.loads(json.dumps(index))
+    for run in frozen["runs"].values():
+        if run["arch"] == "mhc" and run.get("diagnostics"):
+            records = tables.read_jsonl(run["diagnostics"])
+            for record in records:
+                record["stream_spread"] = [0.0] * len(record["stream_spread"])  # streams stay copies
+            path = Path(run["diagnostics"]).with_name("frozen.jsonl")
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            run["diagnostics"] = str(path)
+    claims = {c.claim.split(".")[0]: c for c in report.claims(frozen, MEASUREMENTS)}
+    assert claims["1"].verdict == I and "not shown to operate" in claims["1"].why
+    assert claims["3"].verdict == BC
+    assert claims["7"].verdict == I
 
 
 def test_figures_without_hc_say_not_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -598,8 +653,9 @@ def test_figures_without_hc_say_not_run(tmp_path: Path, capsys: pytest.CaptureFi
     assert statuses["fig3_hc_amax"].startswith("not run in this tier")
     assert statuses["fig8_mappings"].startswith("partial") and statuses["fig7_mhc_amax"] == "ok"
     claims = {c.claim.split(".")[0]: c for c in report.claims(index, None)}
-    assert claims["2"].verdict == NT and claims["3"].verdict == NT and claims["6b"].verdict == NT
+    assert claims["2"].verdict == I and claims["3"].verdict == I and claims["6b"].verdict == I
     assert (
         report.main(["--index", str(path), "--tables", str(tmp_path / "t"), "--out", str(tmp_path / "report.md")]) == 0
     )
-    assert "not testable at this scale" in (tmp_path / "report.md").read_text()
+    assert "inconclusive" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "summary.md").is_file()

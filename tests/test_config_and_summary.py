@@ -111,9 +111,9 @@ def test_every_registered_scale_builds_on_meta():
     "overrides, message",
     [
         (["connection.arch=baseline", "connection.learn_res=false"], "learn_res applies to arch 'hc' or 'mhc' only"),
-            (["connection.arch=hc", "connection.phi_init=normal"], "phi_init applies to arch 'mhc' only"),
-            (["connection.arch=mhc", "connection.hc_tanh=false"], "hc_tanh applies to arch 'hc' only"),
-            (["connection.arch=mhc", "connection.kernels=triton", "connection.learn_res=false"], "needs every mHC"),
+        (["connection.arch=hc", "connection.phi_init=normal"], "phi_init applies to arch 'mhc' only"),
+        (["connection.arch=mhc", "connection.hc_tanh=false"], "hc_tanh applies to arch 'hc' only"),
+        (["connection.arch=mhc", "connection.kernels=triton", "connection.learn_res=false"], "needs every mHC"),
         (["connection.arch=hc", "connection.bias_init=identity"], "bias_init applies to arch 'mhc' only"),
         (["attention.n_heads=0"], "attention.n_heads must be >= 1"),
         (["ffn.n_dense_layers=9"], "exceeds n_layers"),

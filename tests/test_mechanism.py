@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from models.diagnostics import MECHANISM_THRESHOLDS, mechanism_operated
 from models.train import Trainer, load_run_config
 from tests.conftest import needs_corpus

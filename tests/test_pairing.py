@@ -30,7 +30,7 @@ def tier_variants() -> dict[str, dict]:
 
 
 def trainer(shards: Path, out: Path, variant: dict, seed: int) -> Trainer:
-    overrides = [f"scale=tiny", f"arch={variant['arch']}", f"seed={seed}", f"data.shards_dir={shards}"]
+    overrides = ["scale=tiny", f"arch={variant['arch']}", f"seed={seed}", f"data.shards_dir={shards}"]
     overrides += [f"model.connection.{k}={v}" for k, v in (variant.get("connection") or {}).items()]
     overrides += [f"train.{k}={v}" for k, v in (variant.get("train") or {}).items()]
     overrides += ["train.batch_size=4", "train.seq_len=32", "run.progress=false"]

@@ -38,12 +38,15 @@ def snakemake(workdir: Path, *args: str, configfile: Path | str = "config/config
 def test_default_tier_plan_trains_each_run_once_with_all_its_roles():
     plan = build_plan(load("config.yaml"))
     runs = plan["runs"]
-    # main 4 variants x 3 seeds, ablation adds hc-res and hc-res-pre, compute scaling adds cpu-d4/cpu-d6 x 2
-    assert len(runs) == 12 + 2 + 4
-    mhc0 = runs["cpu-d8/mhc/seed0"]
-    assert set(mhc0["roles"]) == {"main", "compute_scaling", "token_scaling", "evaluation", "mappings"}
-    assert runs["cpu-d8/hc/seed0"]["roles"] == ["main", "ablation", "evaluation", "mappings"]
-    assert mhc0["dir"] == "results/cpu/runs/cpu-d8/mhc/seed0"
+    # main 5 variants x 8 seeds; init ablation +3 variants x 2; LR sweep +2 multipliers x 3 variants x 2 seeds;
+    # Table 1 + hc-res, hc-res-pre x 2; compute scaling + 2 scales x 2 variants x 2 seeds
+    assert len(runs) == 40 + 6 + 12 + 4 + 8
+    mhc0 = runs["cpu-dense-d8/mhc/seed0"]
+    assert set(mhc0["roles"]) == {
+        "main", "init_ablation", "lr_sweep", "compute_scaling", "token_scaling", "evaluation", "mappings"
+    }  # fmt: skip
+    assert runs["cpu-dense-d8/hc/seed0"]["roles"] == ["main", "lr_sweep", "ablation", "evaluation", "mappings"]
+    assert mhc0["dir"] == "results/cpu/runs/cpu-dense-d8/mhc/seed0"
     rows = {r["variant"]: (r["res"], r["pre"], r["post"]) for r in plan["ablation"]["rows"]}
     assert rows == {
         "baseline": (False, False, False),
@@ -51,6 +54,9 @@ def test_default_tier_plan_trains_each_run_once_with_all_its_roles():
         "hc-res-pre": (True, True, False),
         "hc": (True, True, True),
     }
+    # the LR sweep's runs are derived variants at m x the variant's rate; 1x is the plain variant
+    assert plan["variants"]["hc-lr10x"]["train"]["lr"] == pytest.approx(10 * 3e-3)
+    assert "cpu-dense-d8/mhc-lr3x/seed1" in runs and "cpu-dense-d8/mhc-lr1x/seed0" not in runs
 
 
 def test_paper_tier_plan_is_the_papers_experiment_set():
@@ -62,21 +68,33 @@ def test_paper_tier_plan_is_the_papers_experiment_set():
 
 
 def test_train_overrides_keep_their_types():
+    from models.train import parse_value
+
     config = load("config.yaml")
-    config["scales"]["cpu-d8"]["train"] = {"lr": 3e-3, "betas": [0.9, 0.95]}
-    run = build_plan(config)["runs"]["cpu-d8/hc-res/seed0"]
+    config["scales"]["cpu-dense-d8"]["train"] = {"lr": 3e-3, "betas": [0.9, 0.95]}
+    plan = build_plan(config)
+    run = plan["runs"]["cpu-dense-d8/hc-res/seed0"]
     items = dict(item.split("=", 1) for item in train_overrides(config, run, "results/data/x"))
-    parsed = {key: yaml.safe_load(value) for key, value in items.items()}
-    assert parsed["train.lr"] == 0.003 and isinstance(parsed["train.lr"], float)  # YAML would read 3e-3 as a string
+    parsed = {key: parse_value(value) for key, value in items.items()}
+    assert parsed["train.lr"] == 0.003 and isinstance(parsed["train.lr"], float)
     assert parsed["train.betas"] == [0.9, 0.95]
     assert parsed["model.connection.learn_pre"] is False and parsed["model.connection.learn_post"] is False
     assert parsed["arch"] == "hc" and parsed["seed"] == 0 and parsed["data.shards_dir"] == "results/data/x"
-    assert parsed["run.keep_checkpoints"] == 5 and parsed["run.ckpt_interval"] == 250 // 5
+    assert parsed["run.keep_checkpoints"] == 5 and parsed["run.ckpt_interval"] == 400 // 5
+    # a variant's own train overrides: AdamW eps 1e-8 stays a number (YAML 1.1 would read "1e-08" as a string)
+    eps8 = dict(
+        item.split("=", 1) for item in train_overrides(config, plan["runs"]["cpu-dense-d8/mhc-eps8/seed0"], "x")
+    )
+    assert parse_value(eps8["train.eps"]) == 1e-8
+    swept = dict(
+        item.split("=", 1) for item in train_overrides(config, plan["runs"]["cpu-dense-d8/mhc-lr3x/seed0"], "x")
+    )
+    assert parse_value(swept["train.lr"]) == pytest.approx(9e-3) and parse_value(swept["arch"]) == "mhc"
 
 
 def test_plan_rejects_a_misspelled_model_override_naming_it():
     config = load("config.yaml")
-    config["scales"]["cpu-d8"]["model"] = {"n_layer": 4}
+    config["scales"]["cpu-dense-d8"]["model"] = {"n_layer": 4}
     with pytest.raises(ValueError, match="n_layer"):
         build_plan(config)
     config = load("config.yaml")
@@ -91,8 +109,8 @@ def test_plan_rejects_a_misspelled_model_override_naming_it():
     [
         (lambda c: c.__setitem__("seedz", [0]), "seedz"),
         (lambda c: c["main"].__setitem__("seeds_", [0]), "seeds_"),
-        (lambda c: c["scales"]["cpu-d8"].__setitem__("chekpoints", 3), "chekpoints"),
-        (lambda c: c["scales"]["cpu-d8"].__setitem__("model", {"dimm": 32}), "dimm"),
+        (lambda c: c["scales"]["cpu-dense-d8"].__setitem__("chekpoints", 3), "chekpoints"),
+        (lambda c: c["scales"]["cpu-dense-d8"].__setitem__("model", {"dimm": 32}), "dimm"),
         (lambda c: c["main"].__setitem__("scale", "cpu-d9"), "cpu-d9"),
     ],
 )

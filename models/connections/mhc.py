@@ -87,7 +87,9 @@ class ManifoldHyperConnection(StreamConnection):
             if "pre" in logits
             else x.new_full((*batch, n), 1.0 / n, dtype=torch.float32)
         )
-        H_post = 2.0 * torch.sigmoid(logits["post"]) if "post" in logits else x.new_ones((*batch, n), dtype=torch.float32)
+        H_post = (
+            2.0 * torch.sigmoid(logits["post"]) if "post" in logits else x.new_ones((*batch, n), dtype=torch.float32)
+        )
         if "res" in logits:
             H_res = sinkhorn_fast(logits["res"].unflatten(-1, (n, n)), cfg.sinkhorn_iters, cfg.sinkhorn_eps)
         else:
