@@ -1,4 +1,4 @@
-# The mHC replication workflow: the paper's whole experiment DAG (SPEC section 8).
+# The mHC replication workflow: the paper's whole experiment DAG (README, "The workflow").
 #
 #   snakemake --cores all                                  # default tier (config/config.yaml), ~1 h on 2 cores
 #   snakemake --cores all --configfile config/smoke.yaml   # every rule on a unit-test model, minutes

@@ -631,7 +631,7 @@ def fig8_mappings(index: dict[str, Any]) -> tuple[Figure, str]:
 
 MECHANISM_ARCHS = ("hc", "mhc", "gain")
 MARKERS = ("o", "s", "^", "D", "P", "X", "*", "h", "<", ">", "p", "d")  # no "v": ▼ marks exact zeros
-_SUBLAYER_KEYS = ("stream_spread", "hres_from_init", "hres_from_uniform", "post_spread")
+_SUBLAYER_KEYS = ("stream_spread", "hres_learned", "hres_from_uniform", "post_spread")
 
 
 def variant_arch(index: dict[str, Any], variant: str) -> str | None:
@@ -785,7 +785,7 @@ def _panel_empty(ax: plt.Axes, text: str) -> None:
 
 
 def fig_mechanism(index: dict[str, Any]) -> tuple[Figure, str]:
-    """(a) stream spread, (b) H_res distance from its init, (d) H_post spread per sub-layer at the last diagnostics
+    """(a) stream spread, (b) H_res change due to learning, (d) H_post spread per sub-layer at the last diagnostics
     record; (c) the largest H_res gradient norm against step. One curve per hc/mhc/gain variant of the main
     comparison and the init ablation, from its seed-0 run (else the lowest seed with diagnostics)."""
     from models.diagnostics import MECHANISM_THRESHOLDS
@@ -804,7 +804,7 @@ def fig_mechanism(index: dict[str, Any]) -> tuple[Figure, str]:
         names = ", ".join(label_of(v) for v, _ in wanted) or "none"
         message = (
             f"No run of an hc / mhc / gain variant (this tier's: {names}) left mechanism diagnostics "
-            "(diagnostics.jsonl with stream_spread, hres_from_init, grad_res)."
+            "(diagnostics.jsonl with stream_spread, hres_learned, grad_res)."
         )
         return not_run_figure(title, message, note), f"{NOT_RUN}: no mechanism diagnostics"
     order = [v for v, _ in wanted]
@@ -823,26 +823,26 @@ def fig_mechanism(index: dict[str, Any]) -> tuple[Figure, str]:
     if not streams:
         _panel_empty(ax_a, "no stream variant (hc / mhc) has diagnostics")
 
-    # (b) how far H_res moved from its step-0 value; the distance from uniform J/n (dotted) only where H_res did not
-    # start at J/n (where it did, both distances coincide) and only where H_res came near J/n (< 0.1): the collapse
-    # towards stream averaging that a from-init distance alone would not show
+    # (b) how much learning changed H_res (current against step-0 parameters on the same input); the distance from
+    # uniform J/n (dotted) only where H_res did not start at J/n and came near it (< 0.1): the collapse towards
+    # stream averaging that the learned change alone would not show
     uniform_drawn = []
     for s in series.values():
-        values = s.sublayer["hres_from_init"]
+        values = s.sublayer["hres_learned"]
         _log_curve(ax_b, np.arange(1, values.size + 1), values, *style[s.variant])
         uniform = s.sublayer["hres_from_uniform"]
         started_uniform = (
-            is_number(s.initial_from_uniform) and s.initial_from_uniform <= MECHANISM_THRESHOLDS["hres_from_init"]
+            is_number(s.initial_from_uniform) and s.initial_from_uniform <= MECHANISM_THRESHOLDS["hres_learned"]
         )
         if not started_uniform and np.isfinite(uniform).any() and np.nanmin(uniform) < 0.1:
             color, marker = style[s.variant]
             _log_curve(ax_b, np.arange(1, uniform.size + 1), uniform, color, marker, ls=":", lw=1.0, alpha=0.6)
             uniform_drawn.append(label_of(s.variant))
-    _threshold(ax_b, MECHANISM_THRESHOLDS["hres_from_init"])
+    _threshold(ax_b, MECHANISM_THRESHOLDS["hres_learned"])
     _sublayer_axis(
         ax_b,
-        "max |H_res − H_res(step 0)| (token-averaged, log)",
-        "(b) how far H_res moved from its initial value"
+        "max |H_res(θ) − H_res(θ_0)| on the same input (token-averaged, log)",
+        "(b) how much learning changed H_res"
         + (f"; dotted: distance from J/n ({', '.join(uniform_drawn)})" if uniform_drawn else ""),
     )
 

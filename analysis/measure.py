@@ -10,8 +10,8 @@ Three measurements per scale, written to one JSON (`results/analysis/measurement
 - traffic (Table 2): bytes read and written per token by one sub-layer's residual-stream maintenance, split as
   Table 2 splits it (coefficients, H_pre, H_post + H_res + merge), counted op by op with a TorchDispatchMode on the
   eager reference path: every aten op reads its tensor inputs and writes its outputs (views move nothing). This is
-  the traffic of the unfused implementation, which Table 2's formula describes; the fused kernels of issue 3 read
-  (n + 1)C and write nC in their post/res/merge step instead.
+  the traffic of the unfused implementation, which Table 2's formula describes; the fused kernels
+  (models/kernels/triton_ops.py) read (n + 1)C and write nC in their post/res/merge step instead.
 """
 
 from __future__ import annotations

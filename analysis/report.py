@@ -388,7 +388,7 @@ def mechanism_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
 
         arch = _variant_arch(index, variant)
         fixed_res = ((index.get("variants") or {}).get(variant) or {}).get("connection", {}).get("learn_res") is False
-        keys = ("hres_from_init",) if arch == "gain" else ("stream_spread",) if fixed_res else None
+        keys = ("hres_learned",) if arch == "gain" else ("stream_spread",) if fixed_res else None
         verdicts = [mechanism_operated(last, *([keys] if keys else [])) for _, last in records]
         rows.append(
             {
@@ -397,6 +397,7 @@ def mechanism_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
                 "seeds": len(records),
                 "operated": sum(ok for ok, _ in verdicts),
                 "stream_spread": _mean([top(last, "stream_spread") for _, last in records]),
+                "hres_learned": _mean([top(last, "hres_learned") for _, last in records]),
                 "hres_from_init": _mean([top(last, "hres_from_init") for _, last in records]),
                 "hres_from_uniform": _mean([top(last, "hres_from_uniform") for _, last in records]),
                 "hres_token_dev": _mean([top(last, "hres_token_dev") for _, last in records]),
@@ -777,21 +778,24 @@ def mechanism_section(index: dict[str, Any]) -> list[str]:
         "## Mechanism: did what is compared actually operate?",
         "",
         "From each run's diagnostics (`diagnostics.jsonl`, last record; means over seeds): the spread of the n streams "
-        "entering a sub-layer (‖x_i − x̄‖/‖x̄‖, max over sub-layers), how far the token-averaged H_res moved from "
-        "step 0 and from J/n (largest entry change), how much it varies across tokens, the gradient norm reaching the "
-        "H_res parameters at step 0 and at the end (max over sub-layers) and the spread of H_post across streams. A "
-        "variant operates when H_res moved by > "
-        + " and the streams differ by > ".join(f"{v:g}" for v in MECHANISM_THRESHOLDS.values())
-        + " (models/diagnostics.py; tests/test_mechanism.py shows the shipped mHC passing and b = 0 with eps 1e-8 "
-        "failing). Claims about mHC are inconclusive when `mhc` did not operate in every seed.",
+        "entering a sub-layer (‖x_i − x̄‖/‖x̄‖, max over sub-layers); how much the learned parameters changed H_res "
+        "(the token-averaged H_res on the same input with the current parameters against the step-0 ones, largest "
+        "entry change: an input drift alone does not count); how far the token-averaged H_res moved from step 0 "
+        "(learning and input drift together) and from J/n; how much it varies across tokens; the gradient norm "
+        "reaching the H_res parameters at step 0 and at the end (max over sub-layers); and the spread of H_post across "
+        "streams. A learned H_res operates when its learned change exceeds "
+        f"{MECHANISM_THRESHOLDS['hres_learned']:g} and the streams differ by more than "
+        f"{MECHANISM_THRESHOLDS['stream_spread']:g} (models/diagnostics.py; tests/test_mechanism.py shows the shipped "
+        "mHC passing and b = 0 with AdamW ε = 1e-8 failing). Claims about mHC are inconclusive when `mhc` did not "
+        "operate in every main seed.",
         "",
     ]
     if not rows:
         return lines + ["No diagnostics with stream statistics in this tier."]
     lines += [
-        "| variant | arch | operated (seeds) | stream spread | H_res moved | H_res − J/n | H_res token dev | "
-        "grad H_res step 0 | grad H_res end | H_post spread |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | arch | operated (seeds) | stream spread | H_res learned | H_res moved | H_res − J/n | "
+        "H_res token dev | grad H_res step 0 | grad H_res end | H_post spread |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(v: Any, spec: str = ".3g") -> str:
@@ -800,14 +804,16 @@ def mechanism_section(index: dict[str, Any]) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['arch']} | {r['operated']} of {r['seeds']} | {f(r['stream_spread'])} | "
-            f"{f(r['hres_from_init'])} | {f(r['hres_from_uniform'])} | {f(r['hres_token_dev'])} | "
+            f"{f(r['hres_learned'])} | {f(r['hres_from_init'])} | {f(r['hres_from_uniform'])} | "
+            f"{f(r['hres_token_dev'])} | "
             f"{f(r['grad_res_init'], '.2e')} | {f(r['grad_res_end'], '.2e')} | {f(r['post_spread'])} |"
         )
     return lines + [
         "",
-        "What 'operated' requires depends on the variant: a learned H_res over n streams must move and the streams "
-        "must differ; `gain` has one stream (spread 0 by definition) and its 'H_res' is the 1×1 residual gain, which "
-        "must move; with H_res fixed to I only the streams must differ.",
+        "What 'operated' requires depends on the variant: a learned H_res over n streams must change through learning "
+        "and the streams must differ; `gain` has one stream (spread 0 by definition) and its 'H_res' is the 1×1 "
+        "residual gain, which must be learned away from 1; with H_res fixed to I only the streams must differ (which "
+        "the shipped init guarantees from step 0: that control's row says what it is, not that it learned).",
     ]
 
 
@@ -1098,8 +1104,7 @@ def summary_lines(index: dict[str, Any], items: Sequence[Claim]) -> list[str]:
     if mhc:
         lines.append(
             f"- **Mechanism:** mHC's residual mixing operated in {mhc['operated']} of {mhc['seeds']} seeds "
-            "(H_res moved "
-            f"{mhc['hres_from_init']:.3f} from its init, stream spread {mhc['stream_spread']:.3f})."
+            f"(learning changed H_res by up to {mhc['hres_learned']:.3f}, stream spread {mhc['stream_spread']:.3f})."
         )
     lines += [f"- {sentence}" for sentence in control_sentences(index)]
     lines.append(

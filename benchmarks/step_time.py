@@ -5,7 +5,7 @@
 Runs the three archs interleaved (round-robin, so drift in machine load hits all three alike), reports
 the median step time of each and the ratios HC / baseline and mHC / baseline, and prints a markdown
 row for BENCHMARKS.md with the date and machine. The connections run on the pure-PyTorch reference
-path (eager, 20 unrolled Sinkhorn iterations per sub-layer); fused kernels are issue 3.
+path (eager PyTorch on the CPU; the fused kernels in models/kernels/triton_ops.py need a GPU).
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ class LocalData:
 def local_datasets(data_root: str | os.PathLike[str] | None = None) -> Iterator[LocalData]:
     """Serve lm-eval's `datasets.load_dataset` calls from the local benchmark copies, with the hub switched off.
 
-    `data_root` is the data root of SPEC §10 (default: `models.data.resolve_data_root(None)`) or its `benchmarks/`
+    `data_root` is the data root (default: `models.data.resolve_data_root(None)`) or its `benchmarks/`
     folder. Inside the block, each hub dataset of the paper suite (`SaylorTwift/bbh`, `EleutherAI/drop`,
     `openai/gsm8k`, `Rowan/hellaswag`, `EleutherAI/hendrycks_math`, `cais/mmlu`, `baber/piqa`,
     `mandarjoshi/trivia_qa` rc.nocontext, and a few older aliases) is built from local files; packaged builders

@@ -3,7 +3,7 @@
 The pipeline is corpus -> tokenizer -> shards -> loader, and every stage is deterministic, so that two machines
 (or a rerun after a crash) train on bit-identical token streams:
 
-- `resolve_data_root` finds the data root of SPEC §10 (config, else `MHC_DATA_ROOT`, else `../shared/data`).
+- `resolve_data_root` finds the data root (config, else `MHC_DATA_ROOT`, else `../shared/data`).
 - `iter_documents` reads WikiExtractor output in both of its formats (`<doc ...>` plain text and `--json` lines),
   gzipped or not, in sorted file order.
 - `train_tokenizer` trains a byte-level BPE with the `tokenizers` library; `<|endoftext|>` separates documents.

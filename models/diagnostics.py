@@ -1,5 +1,5 @@
 """Diagnostics of the residual mappings: capture of H_pre / H_post / H_res per sub-layer, and the mHC
-paper's Amax Gain Magnitude (Fig. 3 / Fig. 7), exactly as SPEC section 3 defines it.
+paper's Amax Gain Magnitude (Fig. 3 / Fig. 7), as defined below.
 
 For a mapping P (n x n, paper orientation: out_i = sum_j P_ij x_j):
     forward gain  = max_i |sum_j P_ij|   (row sums: worst-case amplification of the forward signal)
@@ -96,16 +96,17 @@ def amax_gain(H: list[torch.Tensor], reduce: str = "token") -> dict[str, list[fl
 
 
 # When a stream connection's mechanism counts as operating (tests/test_mechanism.py, the report's mechanism gate):
-# H_res has left its step-0 value (largest entry change of the token-averaged matrix) and the streams entering some
-# sub-layer differ (stream_spread). With b = 0 and AdamW eps = 1e-8 neither happens: H_res moves ~0.004 in 40 steps of
-# the unit-test model and the streams stay copies (spread ~0.003).
-MECHANISM_THRESHOLDS = {"hres_from_init": 0.02, "stream_spread": 0.05}
+# what its parameters learned changed H_res (`hres_learned`: the token-averaged H_res on the same input, with the
+# current parameters against the step-0 ones, so that a drift of the input alone does not count) and the streams
+# entering some sub-layer differ (stream_spread). With b = 0 and AdamW eps = 1e-8 neither happens in 40 steps of the
+# unit-test model (H_res changes by ~0.004, the streams stay copies: spread ~0.003).
+MECHANISM_THRESHOLDS = {"hres_learned": 0.02, "stream_spread": 0.05}
 
 
 def mechanism_operated(record: dict, keys: tuple[str, ...] = tuple(MECHANISM_THRESHOLDS)) -> tuple[bool, str]:
     """Whether one diagnostics record (a line of diagnostics.jsonl) shows the mechanism at work, and why (not).
 
-    `keys` picks the criteria that apply: both for a learned H_res over n streams; only "hres_from_init" for the
+    `keys` picks the criteria that apply: both for a learned H_res over n streams; only "hres_learned" for the
     single-stream `gain` control (its 1 x 1 "H_res" is the residual gain); only "stream_spread" when H_res is fixed."""
     reasons, ok = [], True
     for key in keys:
@@ -121,6 +122,7 @@ def mechanism_operated(record: dict, keys: tuple[str, ...] = tuple(MECHANISM_THR
 
 MECHANISM_KEYS = (
     "stream_spread",
+    "hres_learned",
     "hres_from_init",
     "hres_from_uniform",
     "hres_from_identity",
@@ -131,12 +133,16 @@ MECHANISM_KEYS = (
 
 
 def mechanism_curves(
-    records: list[dict[str, torch.Tensor]], init_res: list[list[list[float]]] | None = None
+    records: list[dict[str, torch.Tensor]],
+    init_res: list[list[list[float]]] | None = None,
+    learned_from: list[torch.Tensor | None] | None = None,
 ) -> dict[str, list]:
     """Whether the connections' mechanism operates, per sub-layer, on one sequence's captured records.
 
     - stream_spread: token mean of ||x_i - x_mean|| / ||x_mean|| over the streams entering the sub-layer
       (0: the streams are copies, and then any row-stochastic H_res acts as the identity on them);
+    - hres_learned: largest |entry| of the token-averaged H_res minus the token-averaged `learned_from[l]` (H_res
+      of the step-0 parameters on the same input; None without it): what learning changed;
     - H_res_mean: the token-averaged H_res (n x n lists), kept so that later records can say how far it moved;
     - hres_from_init / _uniform / _identity: largest |entry| of H_res_mean minus its value at step 0
       (`init_res`; None without it), minus J/n, minus I;
@@ -155,6 +161,12 @@ def mechanism_curves(
             out["hres_from_init"].append(float((mean - start).abs().max()))
         else:
             out["hres_from_init"].append(None)
+        start_params = learned_from[layer] if learned_from is not None and layer < len(learned_from) else None
+        if start_params is None:
+            out["hres_learned"].append(None)
+        else:
+            before = start_params.reshape(-1, n, n).double().mean(0)
+            out["hres_learned"].append(float((mean - before).abs().max()))
         out["hres_from_uniform"].append(float((mean - 1.0 / n).abs().max()))
         out["hres_from_identity"].append(float((mean - torch.eye(n, dtype=torch.float64)).abs().max()))
         out["hres_token_dev"].append(float((H - mean).abs().amax((-2, -1)).mean()))
@@ -185,3 +197,32 @@ def saved_activation_bytes(model: torch.nn.Module) -> Iterator[dict[str, int]]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield counts
+
+
+@contextmanager
+def parameters_swapped(module: torch.nn.Module, values: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Inside the block, `module`'s parameters named in `values` hold those values (restored on exit)."""
+    params = dict(module.named_parameters())
+    saved = {name: params[name].detach().clone() for name in values}
+    try:
+        with torch.no_grad():
+            for name, value in values.items():
+                params[name].copy_(value)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+
+@torch.no_grad()
+def residual_maps_with(
+    model: Transformer, records: list[dict[str, torch.Tensor]], parameters: list[dict[str, torch.Tensor]]
+) -> list[torch.Tensor | None]:
+    """For every captured sub-layer: the H_res its connection gives on the same input state with `parameters`
+    (e.g. the step-0 values) in place of the current ones; separates what learning changed from input drift."""
+    out = []
+    for record, conn, values in zip(records, model.connections(), parameters, strict=True):
+        with parameters_swapped(conn, values):
+            out.append(conn.residual_map(record["state"]))
+    return out

@@ -1,4 +1,4 @@
-"""MLflow experiment tracking for training and evaluation jobs (SPEC §6).
+"""MLflow experiment tracking for training and evaluation jobs.
 
 ``RUN_DIR/metrics.jsonl`` stays the source of truth; MLflow is a browsable *copy* of it, so everything here is built
 to never take a training job down by accident and to survive many jobs writing one SQLite file at once:
@@ -70,7 +70,7 @@ MAX_PARAMS_TAGS_PER_BATCH = 100
 
 DEFAULT_RETRY_TIMEOUT_S = 60.0
 
-# Our run statuses (status.json) -> MLflow's terminal run status. A diverged run is a *result* (SPEC §6), so it
+# Our run statuses (status.json) -> MLflow's terminal run status. A diverged run is a *result*, not a crash, so it
 # ends FINISHED and is told apart by the ``status`` tag, which every run carries.
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
 STATUS_TAG = "status"
@@ -532,7 +532,7 @@ class Tracker:
         """Copy a file or a directory into the run's artifacts (under ``artifact_path`` if given).
 
         Meant for small files (config, metrics.jsonl, status.json, figures); checkpoints stay files and are recorded
-        by path as a tag (ecosystem notes §3.3).
+        by path as a tag (large weights stay files; copying them into the artifact store would double the disk use).
         """
         p = Path(path)
         if not p.exists():

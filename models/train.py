@@ -72,7 +72,7 @@ from .data import (
     val_batches,
 )
 from .data import TokenLoader as _TokenLoader
-from .diagnostics import amax_gain, capture_mappings, mechanism_curves
+from .diagnostics import amax_gain, capture_mappings, mechanism_curves, residual_maps_with
 from .registry import get_scale
 from .transformer import Transformer
 
@@ -81,7 +81,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class DataConfig:
-    root: str | None = None  # data root (SPEC section 10); None: $MHC_DATA_ROOT, else ../shared/data
+    root: str | None = None  # data root; None: $MHC_DATA_ROOT, else ../shared/data
     shards_dir: str | None = None  # tokenizer + shards cache; None: results/data/bpe<vocab>[-docs<max_docs>]
     max_docs: int | None = None  # use only the first documents of the corpus (smoke runs)
     # Stream a Hugging Face dataset instead of the local corpus (needs hub access and `datasets`), e.g.
@@ -292,9 +292,19 @@ class Trainer:
         self.shards, self.manifest = prepare_data(cfg, self.model_cfg.vocab_size, self.dist.main)
         self.train_tokens = load_shard(self.shards, "train")
         self.val_tokens = load_shard(self.shards, "val")
+        # The same validation batches on every rank and for any number of ranks (comparable val_loss).
+        self.val = val_batches(self.val_tokens, min(t.batch_size, 8), t.seq_len, cfg.run.eval_batches)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if cfg.run.precision == "bf16"
+            else contextlib.nullcontext()
+        )
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.model = Transformer(self.model_cfg).to(self.device)
+        # The step-0 state of the residual mappings, taken from the freshly built model (which a resumed run also
+        # builds before loading its checkpoint): what the diagnostics measure "moved" and "learned" against.
+        self.init_res, self.init_connection_params = self._initial_mappings()
         self.fsdp = self.dist.world > 1 and cfg.run.parallel == "fsdp"
         if self.fsdp:  # FSDP2: shard every block, then the root (embedding, head); params become DTensors
             from torch.distributed.fsdp import fully_shard
@@ -311,10 +321,7 @@ class Trainer:
         self.loader = _TokenLoader(
             self.train_tokens, self.local_batch, t.seq_len, cfg.seed, self.dist.rank, self.dist.world
         )
-        # The same validation batches on every rank and for any number of ranks (comparable val_loss).
-        self.val = val_batches(self.val_tokens, min(t.batch_size, 8), t.seq_len, cfg.run.eval_batches)
         self.step = 0
-        self.init_res: list | None = None  # token-averaged H_res per sub-layer at step 0 (diagnostics)
         self.hash = config_hash(cfg)
         ckpt = latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
         if ckpt is not None:
@@ -332,18 +339,12 @@ class Trainer:
             self.load_states(*split_state(sidecar, tensors))
             self.loader.load_state_dict(sidecar["loader"])
             self.step = sidecar["step"]
-            self.init_res = self._read_init_res()
             if self.dist.main:
                 print(f"resuming {out} from checkpoint step {self.step}", file=sys.stderr, flush=True)
         self.ddp = self.model
         if self.dist.world > 1 and not self.fsdp:
             moe = self.model_cfg.ffn.kind == "moe"
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=moe)
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if cfg.run.precision == "bf16"
-            else contextlib.nullcontext()
-        )
 
     # ---- state (plain, DDP or FSDP2) ----------------------------------------------------------------
     def full_states(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -447,22 +448,36 @@ class Trainer:
         self.model.train()
         return total / count
 
+    @torch.no_grad()
+    def _initial_mappings(self) -> tuple[list | None, list[dict[str, torch.Tensor]] | None]:
+        """(token-averaged H_res per sub-layer on the diagnostics sequence, a copy of every connection's parameters)
+        of the model as built, before any training; (None, None) for the residual baseline."""
+        if self.model_cfg.connection.arch == "baseline":
+            return None, None
+        params = [{k: v.detach().clone() for k, v in c.named_parameters()} for c in self.model.connections()]
+        self.model.eval()
+        with capture_mappings(self.model) as records, self.autocast:
+            self.model(self.val[0][:1, :-1].to(self.device))
+        self.model.train()
+        return [r["H_res"][0].double().mean(0).tolist() for r in records], params
+
     def diagnostics(self) -> dict[str, Any] | None:
         """Per-sub-layer curves of the residual mappings (None for the residual baseline, which has none): the Amax
         gains on the first validation sequence (models.diagnostics.amax_gain), whether the mechanism operates there
-        (models.diagnostics.mechanism_curves: stream spread, how far H_res moved, H_pre/H_post spread across
-        streams) and the gradient norm reaching each mapping's parameters (`mapping_gradients`)."""
+        (models.diagnostics.mechanism_curves: stream spread, how far H_res moved and how much of that its learned
+        parameters did, H_pre/H_post spread across streams) and the gradient norm reaching each mapping's parameters
+        (`mapping_gradients`)."""
         if self.model_cfg.connection.arch == "baseline":
             return None
         self.model.eval()
         seq = self.val[0][:1, :-1].to(self.device)
         with torch.no_grad(), capture_mappings(self.model) as records, self.autocast:
             self.model(seq)
+            # the step-0 parameters on today's inputs (not possible on sharded FSDP parameters)
+            learned_from = None if self.fsdp else residual_maps_with(self.model, records, self.init_connection_params)
         self.model.train()
         curves = amax_gain([r["H_res"][0] for r in records])
-        if self.init_res is None and self.step == 0:
-            self.init_res = [r["H_res"][0].double().mean(0).tolist() for r in records]
-        curves.update(mechanism_curves(records, self.init_res))
+        curves.update(mechanism_curves(records, self.init_res, learned_from))
         curves.update(self.mapping_gradients())
         return curves
 
@@ -485,19 +500,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
         return {f"grad_{key}": [g[key] for g in norms] for key in ("res", "pre", "post")}
-
-    def _read_init_res(self) -> list | None:
-        """H_res at step 0 from the first diagnostics record of a resumed run (what "moved from init" refers to)."""
-        path = self.out / "diagnostics.jsonl"
-        if not path.is_file():
-            return None
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            return record.get("H_res_mean") if record.get("step") == 0 else None
-        return None
 
     # ---- the loop ----------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -681,6 +683,7 @@ class Trainer:
             "amax_composite_bwd": extreme("composite_backward"),
             "amax_composite_min_col": extreme("composite_min_col", min),
             "stream_spread_max": extreme("stream_spread"),
+            "hres_learned_max": extreme("hres_learned"),
             "hres_from_init_max": extreme("hres_from_init"),
             "hres_from_uniform_max": extreme("hres_from_uniform"),
             "grad_res_max": extreme("grad_res"),

@@ -115,6 +115,7 @@ def diagnostics(variant: str, sublayers: int = 8) -> dict[str, Any]:
         "composite_min_col": [0.7] * sublayers,
         # the mechanism operates: the streams differ and H_res moved (models.diagnostics.MECHANISM_THRESHOLDS)
         "stream_spread": [0.0] + [0.3] * (sublayers - 1),
+        "hres_learned": [0.1] * sublayers,
         "hres_from_init": [0.1] * sublayers,
         "hres_from_uniform": [0.6] * sublayers,
         "hres_token_dev": [0.05] * sublayers,

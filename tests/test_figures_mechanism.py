@@ -38,7 +38,7 @@ def mechanism_record(step: int, scale: float, arch: str, learn_res: bool = True)
         "composite_forward": [1.0] * 4,
         "H_res_mean": [[[0.25] * 4] * 4] * 4 if streams else [[[1.0]]] * 4,
         "stream_spread": [scale * p for p in pattern] if streams else [0.0] * 4,
-        "hres_from_init": [scale * 0.1 * (i + 1) for i in range(4)] if learn_res else [0.0] * 4,
+        "hres_learned": [scale * 0.1 * (i + 1) for i in range(4)] if learn_res else [0.0] * 4,
         "hres_from_uniform": [0.7] * 4,
         "hres_from_identity": [0.05] * 4,
         "hres_token_dev": [0.01] * 4,
@@ -192,7 +192,7 @@ def test_mechanism_series_picks_variants_runs_and_records(index: dict[str, Any])
     hc = series["hc"]
     assert (hc.arch, hc.seed, hc.step, hc.run) == ("hc", 0, 20, "s2/hc/seed0")
     np.testing.assert_allclose(hc.sublayer["stream_spread"], [0.0, 2.0, 4.0, 8.0])  # last record: scale 2.0
-    np.testing.assert_allclose(hc.sublayer["hres_from_init"], [0.2, 0.4, 0.6, 0.8])
+    np.testing.assert_allclose(hc.sublayer["hres_learned"], [0.2, 0.4, 0.6, 0.8])
     np.testing.assert_allclose(hc.sublayer["post_spread"], [0.4] * 4)
     np.testing.assert_allclose(hc.grad_steps, [0, 10, 20])
     np.testing.assert_allclose(hc.grad_res_max, [0.5 * 4e-3, 1.0 * 4e-3, 2.0 * 4e-3])  # max over sub-layers
@@ -200,7 +200,7 @@ def test_mechanism_series_picks_variants_runs_and_records(index: dict[str, Any])
     assert series["gain"].arch == "gain"
     # H_res not learned: no gradient anywhere (NaN, not 0) and H_res never moved (exact zeros kept)
     assert np.isnan(series["mhc-fixed"].grad_res_max).all()
-    np.testing.assert_array_equal(series["mhc-fixed"].sublayer["hres_from_init"], [0.0] * 4)
+    np.testing.assert_array_equal(series["mhc-fixed"].sublayer["hres_learned"], [0.0] * 4)
     # seed 0 of mhc-zero has only Amax records (an older run): the lowest seed with mechanism records is used, and
     # of its two step-10 records the later one counts
     zero = series["mhc-zero"]
@@ -260,7 +260,7 @@ def test_fig_mechanism_builds_and_says_where_curves_come_from(index: dict[str, A
         ax: [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] for ax in (ax_a, ax_b)
     }
     assert dashed[ax_a] == [MECHANISM_THRESHOLDS["stream_spread"]]
-    assert dashed[ax_b] == [MECHANISM_THRESHOLDS["hres_from_init"]]
+    assert dashed[ax_b] == [MECHANISM_THRESHOLDS["hres_learned"]]
     assert any("operates above" in t.get_text() for t in ax_a.texts)
     # (c): no H_res gradient for mhc-fixed, so 4 of the 5 variants draw a curve, and the title says why
     assert len([line for line in ax_c.get_lines() if line.get_linestyle() == "-"]) == 4

@@ -64,13 +64,24 @@ def test_zero_bias_normal_phi_with_adamw_eps_1e8_fails_the_check(shards, tmp_pat
     )
     ok, why = mechanism_operated(last)
     assert not ok, why
-    assert max(last["hres_from_init"]) < MECHANISM_THRESHOLDS["hres_from_init"]
+    assert max(last["hres_learned"]) < MECHANISM_THRESHOLDS["hres_learned"]
     assert max(last["stream_spread"]) < MECHANISM_THRESHOLDS["stream_spread"]
     assert max(first["grad_res"]) < 1e-8  # what starves it: H_res acts on copies
 
 
 def test_mechanism_check_on_records():
-    ok, _ = mechanism_operated({"hres_from_init": [0.0, 0.3], "stream_spread": [0.0, 0.2]})
+    ok, _ = mechanism_operated({"hres_learned": [0.0, 0.3], "stream_spread": [0.0, 0.2]})
     assert ok
-    assert not mechanism_operated({"hres_from_init": [0.3], "stream_spread": [0.01]})[0]
-    assert not mechanism_operated({"hres_from_init": [None], "stream_spread": [0.2]})[0]
+    assert not mechanism_operated({"hres_learned": [0.3], "stream_spread": [0.01]})[0]
+    assert not mechanism_operated({"hres_learned": [None], "stream_spread": [0.2]})[0]
+    # a single criterion where only one applies (the gain control: no streams; identity HC: H_res fixed)
+    assert mechanism_operated({"hres_learned": [0.3], "stream_spread": [0.0]}, ("hres_learned",))[0]
+
+
+@needs_corpus
+def test_learned_change_is_measured_on_the_same_input(shards, tmp_path):
+    """At step 0 the learned change is exactly 0 (the same parameters on the same input), while the token-averaged
+    H_res itself is far from J/n for the shipped init: the two quantities are different measurements."""
+    first, last = train_tiny_mhc(shards, tmp_path / "default")
+    assert max(first["hres_learned"]) == 0.0 and max(first["hres_from_init"]) == 0.0
+    assert max(first["hres_from_uniform"]) > 0.3

@@ -38,9 +38,9 @@ def snakemake(workdir: Path, *args: str, configfile: Path | str = "config/config
 def test_default_tier_plan_trains_each_run_once_with_all_its_roles():
     plan = build_plan(load("config.yaml"))
     runs = plan["runs"]
-    # main 5 variants x 8 seeds; init ablation +3 variants x 2; LR sweep +2 multipliers x 3 variants x 2 seeds;
+    # main 5 variants x 8 seeds; init ablation +3 variants x 2; LR sweep +2 multipliers x 3 variants x 3 seeds;
     # Table 1 + hc-res, hc-res-pre x 2; compute scaling + 2 scales x 2 variants x 2 seeds
-    assert len(runs) == 40 + 6 + 12 + 4 + 8
+    assert len(runs) == 40 + 6 + 18 + 4 + 8
     mhc0 = runs["cpu-dense-d8/mhc/seed0"]
     assert set(mhc0["roles"]) == {
         "main", "init_ablation", "lr_sweep", "compute_scaling", "token_scaling", "evaluation", "mappings"

@@ -13,8 +13,9 @@ the final norm. What the state is belongs to the variant:
 so new variants plug into the same block without a second transformer.
 
 Diagnostics: a connection with `capture = True` keeps its last mappings (float32, detached) in
-`self.record` as {"H_pre": [..., n], "H_post": [..., n], "H_res": [..., n, n], "spread": [...]}, where
-"spread" is the per-token stream spread of the state the connection received (`stream_spread`).
+`self.record` as {"H_pre": [..., n], "H_post": [..., n], "H_res": [..., n, n], "spread": [...], "state": ...},
+where "spread" is the per-token stream spread of the state the connection received (`stream_spread`) and
+"state" that state itself (so that the mapping can be recomputed on it with other parameters).
 """
 
 from __future__ import annotations
@@ -88,7 +89,12 @@ class Connection(nn.Module):
                 "H_post": H_post.detach().float(),
                 "H_res": H_res.detach().float(),
                 "spread": stream_spread(state.detach()),
+                "state": state.detach(),
             }
+
+    def residual_map(self, state: torch.Tensor) -> torch.Tensor | None:
+        """H_res [..., n, n] this connection applies to `state` (None for the plain residual, which has none)."""
+        return None
 
     def mapping_grad_norms(self) -> dict[str, float | None]:
         """L2 norm of the current gradient of the parameters behind each mapping ("res", "pre", "post"); None
@@ -141,6 +147,10 @@ class StreamConnection(Connection):
         y = sublayer(u)
         with connection_ops(state.device.type):
             return ops.post_res_mix(state, H_res, H_post, y)
+
+    def residual_map(self, state: torch.Tensor) -> torch.Tensor:
+        with connection_ops(state.device.type):
+            return self.mappings(state)[2]
 
     @staticmethod
     def expand(h: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:

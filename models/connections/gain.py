@@ -38,8 +38,12 @@ class ResidualGain(Connection):
                 "H_post": (b.float() * one),
                 "H_res": (a.float() * one).unsqueeze(-1),
                 "spread": state.new_zeros(state.shape[:-1], dtype=torch.float32),
+                "state": state.detach(),
             }
         return a * state + b * sublayer(state)
+
+    def residual_map(self, state: torch.Tensor) -> torch.Tensor:
+        return self.residual_gain.detach().float() * state.new_ones((*state.shape[:-1], 1, 1), dtype=torch.float32)
 
     def mapping_grad_norms(self) -> dict[str, float | None]:
         return {"res": grad_norm(self.residual_gain.grad), "pre": None, "post": grad_norm(self.branch_gain.grad)}

@@ -45,14 +45,13 @@ class _Sinkhorn(torch.autograd.Function):
         top = z.amax(dim=(0, 1), keepdim=True)
         m = torch.exp(z - top)
         saved = [m]
-        floors = []  # per step: where the denominator was floored (no gradient through it there), or None
+        floors = []  # per step: where the denominator was floored (no gradient flows through it there)
         for _ in range(iters):
             for dim in (0, 1):  # columns (sum over the output index i), then rows
                 d = m.sum(dim=dim, keepdim=True)
                 if eps:
                     d = d + eps
-                low = d < tiny
-                floors.append(low if bool(low.any()) else None)
+                floors.append(d < tiny)
                 m = m / d.clamp_min(tiny)
                 saved.append(m)
         ctx.iters, ctx.floors, ctx.eps, ctx.shape = iters, floors, eps, shape
@@ -71,9 +70,7 @@ class _Sinkhorn(torch.autograd.Function):
             d = before.sum(dim=dim, keepdim=True)
             if ctx.eps:
                 d = d + ctx.eps
-            through = (g * outs[step]).sum(dim=dim, keepdim=True)
-            if ctx.floors[step] is not None:
-                through = torch.where(ctx.floors[step], torch.zeros_like(through), through)
+            through = (g * outs[step]).sum(dim=dim, keepdim=True).masked_fill(ctx.floors[step], 0.0)
             g = (g - through) / d.clamp_min(tiny)
         # m0 = exp(z - max): d/dz = g m0, and the max (a constant shift of the logits) passes its share to the
         # maximal entries, as autograd's amax does (zero in total when eps = 0: the map ignores a constant shift)
