@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper
-from .tables import BENCHMARKS, CI, Table, eval_runs, find_runs, load_json, mean_ci
+from .tables import BENCHMARKS, CI, Table, benchmark_of_task, eval_runs, find_runs, load_json, mean_ci
 
 ITEM_COLUMNS: tuple[str, ...] = ("doc_id", "gold_ll", "choice_logprob", "correct", "correct_norm")
 """Columns of `item_scores`."""
@@ -240,17 +240,9 @@ def comparison_label(a: str, b: str) -> str:
     return f"{a} - {b}"
 
 
-def paper_benchmark(task: str) -> str | None:
-    """The Table 4 benchmark an lm-eval task belongs to (piqa -> PIQA, hellaswag -> HellaSwag), else None."""
-    for bench in BENCHMARKS:
-        if task in bench.tasks or (bench.prefixes and task.startswith(bench.prefixes)):
-            return bench.name
-    return None
-
-
 def paper_delta_points(a: str, b: str, task: str) -> float | None:
     """The paper's 27B accuracy difference a − b in points for the task's benchmark, when Table 4 has it."""
-    bench = paper_benchmark(task)
+    bench = benchmark_of_task(task)
     if bench is None or a not in paper.TABLE4 or b not in paper.TABLE4:
         return None
     return round(paper.TABLE4[a][bench] - paper.TABLE4[b][bench], 1)  # the table prints one decimal
@@ -258,7 +250,7 @@ def paper_delta_points(a: str, b: str, task: str) -> float | None:
 
 def accuracy_metric(task: str) -> str:
     """The metric Table 4's reproduction reports for the task (acc_norm for HellaSwag, acc otherwise)."""
-    bench = next((b for b in BENCHMARKS if b.name == paper_benchmark(task)), None)
+    bench = next((b for b in BENCHMARKS if b.name == benchmark_of_task(task)), None)
     return "acc_norm" if bench is not None and bench.metric == "acc_norm" else "acc"
 
 
@@ -314,9 +306,8 @@ NOTES: tuple[str, ...] = (
     "this is why the tier scores log-likelihoods. acc_a / acc_b are shown for completeness, and the paper's 27B "
     "difference only for its sign.",
     "acc_a / acc_b are recomputed from the item records (acc: argmax of ll; acc_norm: argmax of ll / characters, "
-    "Table 4's HellaSwag metric). The recorded length is that of the continuation as scored, including lm-eval's "
-    "target delimiter (usually one space), so acc_norm can differ from lm-eval's (which uses the bare choice) on "
-    "near-tied items.",
+    "Table 4's HellaSwag metric). The recorded length is the choice's without lm-eval's leading target delimiter, "
+    "as lm-eval's own acc_norm counts it.",
     "Only items present in every compared run are used (inner join on doc_id), and only seeds where both variants "
     "were evaluated with items: a diverged run (results file with mhc_skipped) leaves its seed out.",
 )

@@ -918,15 +918,15 @@ def _connection_items(runs: list[EffectiveRun]) -> list[Deviation | None]:
         out.append(
             Deviation(
                 "gain_control",
-                "Control not in the paper: arch `gain` (x + F(x) with a learnable residual gain and branch gain per "
-                f"sub-layer, one stream) for {variants}",
+                "Control not in the paper: arch `gain` (a_l x + b_l F(x): a learnable residual gain a_l and branch "
+                f"gain b_l per sub-layer, one stream) for {variants}",
             )
         )
     return out
 
 
 def _eval_items(index: dict[str, Any]) -> list[Deviation | None]:
-    from .tables import BENCHMARKS
+    from .tables import benchmark_of_task
 
     spec = index.get("eval") or {}
     if not spec or not spec.get("variants"):
@@ -942,15 +942,7 @@ def _eval_items(index: dict[str, Any]) -> list[Deviation | None]:
     if tasks != "paper" and tasks is not None:
         task_list = [tasks] if isinstance(tasks, str) else list(tasks)
 
-        def benchmark(task: str) -> str | None:
-            for bench in BENCHMARKS:
-                if task in bench.tasks:
-                    return bench.name
-                if any(task.startswith(p) for p in bench.prefixes) and task not in bench.exclude:
-                    return bench.name
-            return None
-
-        found = {t: benchmark(t) for t in task_list}
+        found = {t: benchmark_of_task(t) for t in task_list}
         covered = [b for b in ref["benchmarks"] if b in found.values()]
         dropped = [b for b in ref["benchmarks"] if b not in covered]
         extra = [t for t, b in found.items() if b is None]

@@ -32,10 +32,10 @@ from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter  # noqa:
 
 from . import paper  # noqa: E402
 from .plan import lr_variant  # noqa: E402
+from .stability import WARMUP_FRACTION, lr_sweep_runs, planned_steps  # noqa: E402
 from .tables import (  # noqa: E402
     amax_run,
     compute_scaling_points,
-    final_val_loss,
     find_run,
     find_runs,
     is_number,
@@ -48,6 +48,7 @@ from .tables import (  # noqa: E402
     section_seeds,
     token_scaling_points,
     train_rows,
+    variant_arch,
 )
 
 NOT_RUN = "not run in this tier"
@@ -634,15 +635,6 @@ MARKERS = ("o", "s", "^", "D", "P", "X", "*", "h", "<", ">", "p", "d")  # no "v"
 _SUBLAYER_KEYS = ("stream_spread", "hres_learned", "hres_from_uniform", "post_spread")
 
 
-def variant_arch(index: dict[str, Any], variant: str) -> str | None:
-    """A variant's arch: from the index's `variants` table, else from any of its runs (old indexes lack the table)."""
-    spec = (index.get("variants") or {}).get(variant) or {}
-    if spec.get("arch"):
-        return str(spec["arch"])
-    run = next((r for r in find_runs(index, variant=variant) if r.get("arch")), None)
-    return str(run["arch"]) if run else None
-
-
 def mechanism_variants(index: dict[str, Any]) -> list[tuple[str, str | None]]:
     """(variant, scale) of every hc/mhc/gain variant of the main comparison, then of the init ablation (a variant of
     both counts once, at the main scale; one only in the init ablation is looked up at that section's scale)."""
@@ -903,54 +895,10 @@ def fig_mechanism(index: dict[str, Any]) -> tuple[Figure, str]:
 # --------------------------------------------------------------------------------------------------------------------
 # LR sweep: stability under larger learning rates
 
-LR_SWEEP_COLUMNS = ["variant", "multiplier", "seed", "status", "final_val_loss", "max_grad_norm", "run", "last_step"]
-GRAD_SKIP_FRACTION = 0.1  # the max gradient norm leaves out the first 10% of the planned steps (warm-up)
-
-
-def _planned_steps(index: dict[str, Any], scale: str | None) -> float | None:
-    steps = ((index.get("scales") or {}).get(scale) or {}).get("steps")
-    return float(steps) if is_number(steps) and steps > 0 else None
-
-
-def max_grad_norm_after(frame: pd.DataFrame, planned_steps: float | None) -> float:
-    """Largest finite gradient norm after the first 10% of the planned steps (of the run's last logged step when the
-    plan's length is unknown); a run that stopped before that point counts all its steps. NaN without any."""
-    if frame.empty:
-        return math.nan
-    total = planned_steps or float(frame["step"].max())
-    after = frame[frame["step"] > GRAD_SKIP_FRACTION * total]
-    grads = (after if not after.empty else frame)["grad_norm"].to_numpy(dtype=float)
-    grads = grads[np.isfinite(grads)]
-    return float(grads.max()) if grads.size else math.nan
-
 
 def lr_sweep_points(index: dict[str, Any]) -> pd.DataFrame:
-    """One row per run of the LR sweep found in the index: variant (the base variant), multiplier, seed, status,
-    final_val_loss (completed runs only, else NaN), max_grad_norm (`max_grad_norm_after`), run (its key) and
-    last_step (last logged training step; NaN without metrics). Empty (with these columns) without a sweep."""
-    sweep = index.get("lr_sweep") or {}
-    scale, seeds = sweep.get("scale"), section_seeds(sweep)
-    planned = _planned_steps(index, scale)
-    rows = []
-    for variant in sweep.get("variants") or []:
-        for multiplier in sweep.get("multipliers") or []:
-            name = lr_variant(variant, multiplier)
-            for run in find_runs(index, scale=scale, variant=name, seeds=seeds or None):
-                frame = _train_frame(run)
-                loss = final_val_loss(run)
-                rows.append(
-                    {
-                        "variant": variant,
-                        "multiplier": float(multiplier),
-                        "seed": int(run.get("seed", 0)),
-                        "status": str(run.get("status", "missing")),
-                        "final_val_loss": math.nan if loss is None else loss,
-                        "max_grad_norm": max_grad_norm_after(frame, planned),
-                        "run": str(run.get("key", "")),
-                        "last_step": float(frame["step"].max()) if not frame.empty else math.nan,
-                    }
-                )
-    return pd.DataFrame(rows, columns=LR_SWEEP_COLUMNS)
+    """One row per run of the LR sweep (analysis/stability.py: the report's verdict reads the same rows)."""
+    return lr_sweep_runs(index)
 
 
 def _multiplier_axis(ax: plt.Axes, multipliers: Sequence[float]) -> None:
@@ -1024,7 +972,7 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
     ax_a.set_title("(a) final val loss (points: seeds, line: mean; x at top: diverged, with count)", fontsize=9)
 
     # (b) largest gradient norm after warm-up, per run
-    planned = _planned_steps(index, scale)
+    planned = planned_steps(index, scale)
     grads = present[np.isfinite(present["max_grad_norm"])]
     for variant in variants:
         mine = grads[grads["variant"] == variant]
@@ -1044,7 +992,7 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
             ax_b.plot(geo.index * jitter[variant], geo.to_numpy(), color=colors[variant], lw=1.2, zorder=2)
     ax_b.set_yscale("log")
     _multiplier_axis(ax_b, multipliers)
-    skip = f"step {GRAD_SKIP_FRACTION * planned:g}" if planned else f"the first {GRAD_SKIP_FRACTION:.0%} of steps"
+    skip = f"step {WARMUP_FRACTION * planned:g}" if planned else f"the first {WARMUP_FRACTION:.0%} of steps"
     ax_b.set_ylabel("max gradient norm (global L2, before clipping, log)")
     ax_b.set_title(f"(b) largest gradient norm after {skip} (line: geometric mean)", fontsize=9)
     if grads.empty:

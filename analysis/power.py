@@ -15,33 +15,27 @@ detectable gap at each number of seeds and the seeds needed for `--target`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def t_quantile(p: float, dof: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(p, dof))
+from .tables import load_json, read_jsonl, t_quantile, val_rows
 
 
 def paired_sd(gaps: Sequence[float]) -> float:
     """Sample standard deviation (n - 1) of the per-seed gaps; NaN with fewer than 2."""
     xs = [float(g) for g in gaps]
-    if len(xs) < 2:
-        return math.nan
-    mean = sum(xs) / len(xs)
-    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
 
 
 def detectable_gap(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest |gap| a paired two-sided t-test over n seeds detects with probability `power` (NaN for n < 2)."""
     if n < 2 or not math.isfinite(sd):
         return math.nan
-    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+    # two-sided quantiles of `tables.t_quantile`: level 1 - alpha gives t_{1-alpha/2}; level 2 power - 1 gives t_power
+    return (t_quantile(n - 1, 1 - alpha) + t_quantile(n - 1, 2 * power - 1)) * sd / math.sqrt(n)
 
 
 def seeds_needed(sd: float, target: float, alpha: float = 0.05, power: float = 0.8, most: int = 200) -> int | None:
@@ -53,13 +47,12 @@ def seeds_needed(sd: float, target: float, alpha: float = 0.05, power: float = 0
 
 
 def final_val_loss(run: Path) -> float | None:
-    """The last validation loss of a completed run (None while it runs, or when it diverged)."""
-    status = run / "status.json"
-    if not status.is_file() or json.loads(status.read_text()).get("status") != "completed":
+    """The last validation loss of a completed run folder (None while it runs, or when it diverged)."""
+    status = load_json(run / "status.json")
+    if not isinstance(status, dict) or status.get("status") != "completed":
         return None
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    values = [r["val_loss"] for r in rows if "val_loss" in r]
-    return values[-1] if values else None
+    rows = val_rows(read_jsonl(run / "metrics.jsonl"))
+    return rows[-1]["val_loss"] if rows else None
 
 
 def main(argv: list[str] | None = None) -> int:

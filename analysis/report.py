@@ -4,13 +4,17 @@ Optional: `--figures DIR` (default: the report's folder/figures, linked relative
 `--measurements FILE` (default: measurements.json beside the index; claim 9 reads it).
 
 The replication report: for each of the paper's claims, the paper's number, ours at the tier that ran, and a
-verdict decided by an explicit rule in this module (never by eye):
+verdict decided by an explicit rule in this module (never by eye), in four classes:
 
 - reproduced: the rule's evidence for the claim holds (e.g. the 95% CI of the loss gap lies below 0);
-- not reproduced: the claim was tested with enough data and the evidence is not there: it goes against the claim,
-  is not significant (a CI that spans 0, a sign test with p >= 0.05), or a stated threshold is missed;
-- not testable at this scale: the runs are missing, there are too few seeds for a confidence interval or too few
-  decided benchmarks for a sign test, or what we measured is not what the paper measured.
+- contradicted: the evidence goes against the claim (e.g. the CI lies above 0, or excludes the paper's value);
+- inconclusive: the data cannot decide (a CI containing 0 and the paper's value, too few seeds, a mechanism that was
+  not shown to operate, or a measurement unlike the paper's);
+- holds by construction: an algebraic identity of the method (mHC's row sums), true whatever was learned.
+
+It also says whether each compared mechanism operated (models/diagnostics.py), what the two mechanism controls
+allow us to write, what the tier's seeds can detect (analysis/power.py), the initialisation ablation and the LR
+sweep. `--readme README.md` rewrites the README's generated results block with the report's summary.
 
 Loss gaps are paired by seed and given as mean ± 95% Student-t CI (n−1 dof). The report also lists every run with
 its status, links the figures, embeds the tables and lists every deviation from the paper's setup (including the
@@ -29,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from models.checkpoint import atomic_write_text
 
 from . import paper
+from .stability import GRAD_SPIKE_RATIO, LOSS_SURGE_NATS, WARMUP_FRACTION, instability_cells, lr_sweep_runs
 from .tables import (
     CI,
     all_runs,
@@ -49,11 +53,12 @@ from .tables import (
     load_index,
     load_json,
     mean_ci,
+    mean_or_none,
     paired_gaps,
     read_jsonl,
     section_seeds,
     token_scaling_points,
-    train_rows,
+    variant_arch,
 )
 
 REPRODUCED = "reproduced"
@@ -64,13 +69,6 @@ VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, BY_CONSTRUCTION)
 
 MIN_SEEDS = 2
 """Fewest seeds for which a CI (and so a verdict on a loss gap) is computed."""
-LOSS_SURGE_NATS = 0.1
-"""Instability: a run's EMA-smoothed training loss rises this far above its running minimum (after warm-up)."""
-GRAD_SPIKE_RATIO = 10.0
-"""A gradient-norm spike: a step whose norm is at least this many times the run's median after warm-up (reported
-beside the instability counts; single spikes without a loss surge occur in stable runs too)."""
-WARMUP_FRACTION = 0.1
-"""The first 10% of the logged steps are ignored by the instability criteria: every arch has large early gradients."""
 AMAX_MHC_BOUND = 2.0
 """mHC's composite Amax gain counts as bounded (paper ≈ 1.6) when at most this."""
 AMAX_SEPARATION = 10.0
@@ -136,6 +134,10 @@ def verdict_instability(cells: Sequence[tuple[bool, bool]], any_unstable: bool) 
         return INCONCLUSIVE, "the sweep provoked no instability in any variant: the stress test did not bite"
     hc_only = sum(h and not m for h, m in cells)
     mhc_only = sum(m and not h for h, m in cells)
+    if hc_only + mhc_only == 0:
+        if any(h and m for h, m in cells):
+            return CONTRADICTED, "mHC was unstable in every cell where HC was"
+        return INCONCLUSIVE, "neither HC nor mHC became unstable in any cell (only other variants did)"
     if hc_only <= mhc_only:
         return CONTRADICTED, f"HC unstable where mHC is not in {hc_only} cell(s), the reverse in {mhc_only}"
     p = sign_test_p(hc_only, hc_only + mhc_only)
@@ -269,73 +271,6 @@ def verdict_overhead(records: Sequence[dict[str, Any]]) -> tuple[str, str]:
 # Evidence from the runs
 
 
-def _curve(run: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = train_rows(read_jsonl((run or {}).get("metrics")))
-    steps = np.array([r["step"] for r in rows], dtype=float)
-    loss = np.array([r.get("loss", np.nan) for r in rows], dtype=float)
-    grad = np.array([r.get("grad_norm", np.nan) for r in rows], dtype=float)
-    return steps, loss, grad
-
-
-def loss_surge(loss: np.ndarray, skip: int) -> float:
-    """Largest rise of the EMA-smoothed loss above its running minimum, after the first `skip` points."""
-    if loss.size <= skip + 1:
-        return math.nan
-    smooth = pd.Series(loss).ewm(span=max(3, loss.size // 10), adjust=False).mean().to_numpy()[skip:]
-    return float(np.nanmax(smooth - np.fmin.accumulate(smooth)))
-
-
-def run_stability(run: dict[str, Any] | None) -> dict[str, Any]:
-    """One run's instability evidence: diverged, the largest loss surge (nats) and gradient-norm spike (× the median)
-    after warm-up, the number of spike steps, and `unstable` = diverged or a surge ≥ LOSS_SURGE_NATS."""
-    status = (run or {}).get("status", "missing")
-    _, loss, grad = _curve(run)
-    skip = int(WARMUP_FRACTION * loss.size)
-    surge = loss_surge(loss, skip)
-    after = grad[skip:][np.isfinite(grad[skip:])] if grad.size else grad
-    median = float(np.median(after)) if after.size else math.nan
-    spike = float(after.max() / median) if after.size and median > 0 else math.nan
-    spikes = int((after >= GRAD_SPIKE_RATIO * median).sum()) if after.size and median > 0 else 0
-    diverged = status == "diverged"
-    return {
-        "status": status,
-        "diverged": diverged,
-        "surge": surge,
-        "spike": spike,
-        "spikes": spikes,
-        "unstable": diverged or (is_number(surge) and surge >= LOSS_SURGE_NATS),
-        "final_val_loss": final_val_loss(run),
-    }
-
-
-def lr_sweep_evidence(index: dict[str, Any]) -> pd.DataFrame:
-    """Every run of the LR sweep: variant (the base variant), multiplier, seed and its `run_stability`."""
-    from .plan import lr_variant
-
-    sweep = index.get("lr_sweep") or {}
-    rows = []
-    for variant in sweep.get("variants") or []:
-        for multiplier in sweep.get("multipliers") or []:
-            for seed in sweep.get("seeds") or []:
-                run = find_run(index, sweep.get("scale"), lr_variant(variant, multiplier), int(seed))
-                if run is None or run.get("status") == "missing":
-                    continue
-                rows.append({"variant": variant, "multiplier": multiplier, "seed": int(seed), **run_stability(run)})
-    columns = ["variant", "multiplier", "seed", "status", "diverged", "surge", "spike", "spikes", "unstable",
-               "final_val_loss"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
-
-
-def instability_cells(frame: pd.DataFrame, a: str = "hc", b: str = "mhc") -> list[tuple[bool, bool]]:
-    """(a unstable, b unstable) for every (multiplier, seed) of the sweep where both variants ran."""
-    if frame.empty:
-        return []
-    left = frame[frame["variant"] == a].set_index(["multiplier", "seed"])["unstable"]
-    right = frame[frame["variant"] == b].set_index(["multiplier", "seed"])["unstable"]
-    common = left.index.intersection(right.index)
-    return [(bool(left[k]), bool(right[k])) for k in sorted(common)]
-
-
 def _composite_max(record: dict[str, Any] | None, keys: Sequence[str]) -> float | None:
     values = [v for k in keys for v in (record or {}).get(k) or []]
     values = [abs(v) for v in values if is_number(v)]
@@ -374,19 +309,20 @@ def mechanism_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for variant in dict.fromkeys(names):
         scale = main.get("scale") if variant in (main.get("variants") or []) else init.get("scale")
+        section = main if variant in (main.get("variants") or []) else init
         records = []
-        for run in find_runs(index, scale=scale, variant=variant):
+        for run in find_runs(index, scale=scale, variant=variant, seeds=section_seeds(section)):
             diag = [r for r in read_jsonl(run.get("diagnostics")) if "stream_spread" in r]
             if diag:
                 records.append((diag[0], diag[-1]))
         if not records:
             continue
 
-        def top(record: dict[str, Any], key: str) -> float:
+        def top(record: dict[str, Any], key: str) -> float | None:
             values = [v for v in record.get(key) or [] if is_number(v)]
-            return max(values) if values else math.nan
+            return max(values) if values else None
 
-        arch = _variant_arch(index, variant)
+        arch = variant_arch(index, variant) or "?"
         fixed_res = ((index.get("variants") or {}).get(variant) or {}).get("connection", {}).get("learn_res") is False
         keys = ("hres_learned",) if arch == "gain" else ("stream_spread",) if fixed_res else None
         verdicts = [mechanism_operated(last, *([keys] if keys else [])) for _, last in records]
@@ -396,32 +332,18 @@ def mechanism_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
                 "arch": arch,
                 "seeds": len(records),
                 "operated": sum(ok for ok, _ in verdicts),
-                "stream_spread": _mean([top(last, "stream_spread") for _, last in records]),
-                "hres_learned": _mean([top(last, "hres_learned") for _, last in records]),
-                "hres_from_init": _mean([top(last, "hres_from_init") for _, last in records]),
-                "hres_from_uniform": _mean([top(last, "hres_from_uniform") for _, last in records]),
-                "hres_token_dev": _mean([top(last, "hres_token_dev") for _, last in records]),
-                "grad_res_init": _mean([top(first, "grad_res") for first, _ in records]),
-                "grad_res_end": _mean([top(last, "grad_res") for _, last in records]),
-                "post_spread": _mean([top(last, "post_spread") for _, last in records]),
-                "why": verdicts[0][1],
+                "stream_spread": mean_or_none([top(last, "stream_spread") for _, last in records]),
+                "hres_learned": mean_or_none([top(last, "hres_learned") for _, last in records]),
+                "hres_from_init": mean_or_none([top(last, "hres_from_init") for _, last in records]),
+                "hres_from_uniform": mean_or_none([top(last, "hres_from_uniform") for _, last in records]),
+                "hres_token_dev": mean_or_none([top(last, "hres_token_dev") for _, last in records]),
+                "grad_res_init": mean_or_none([top(first, "grad_res") for first, _ in records]),
+                "grad_res_end": mean_or_none([top(last, "grad_res") for _, last in records]),
+                "post_spread": mean_or_none([top(last, "post_spread") for _, last in records]),
+                "why": next((why for ok, why in verdicts if not ok), verdicts[0][1]),
             }
         )
     return rows
-
-
-def _mean(values: Sequence[float]) -> float:
-    """Mean of the finite values (NaN when there are none, without numpy's empty-slice warning)."""
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def _variant_arch(index: dict[str, Any], variant: str) -> str:
-    spec = (index.get("variants") or {}).get(variant) or {}
-    if spec.get("arch"):
-        return spec["arch"]
-    run = next((r for r in all_runs(index) if r.get("variant") == variant), None)
-    return (run or {}).get("arch", "?")
 
 
 def mhc_mechanism(index: dict[str, Any], variant: str = "mhc") -> bool:
@@ -490,7 +412,8 @@ def claims(index: dict[str, Any], measurements: dict[str, Any] | None) -> list[C
         )
     )
 
-    sweep = lr_sweep_evidence(index)
+    sweep = lr_sweep_runs(index)
+    sweep = sweep[sweep["status"] != "missing"]
     cells = instability_cells(sweep)
     verdict, why = verdict_instability(cells, bool(sweep["unstable"].any()) if not sweep.empty else False)
     counts = "; ".join(
@@ -724,18 +647,21 @@ def control_sentences(index: dict[str, Any]) -> list[str]:
             )
         else:
             share = g.mean / hc.mean
-            if hc_g.low <= 0 <= hc_g.high and g.high < 0:
+            if hc_g.low > 0:
+                text = (
+                    f"The single stream with learnable gains beats HC (it gets {share:.0%} of HC's advantage over the "
+                    f"baseline): whatever HC's streams add, a residual gain does more here ({numbers})."
+                )
+            elif share >= CONTROL_RECOVERS and g.high < 0 and hc_g.low <= 0:
                 text = (
                     f"A learnable residual and branch gain per sub-layer recovers {share:.0%} of HC's advantage, and "
-                    "HC is "
-                    f"not significantly better than it: at this tier HC's advantage is a residual gain, not stream "
-                    f"mixing ({numbers})."
+                    f"HC is not significantly better than it: at this tier HC's advantage is a residual gain, not "
+                    f"stream mixing ({numbers})."
                 )
             elif hc_g.high < 0 and g.high < 0:
                 text = (
                     f"The gain control recovers {share:.0%} of HC's advantage and HC is still significantly better "
-                    "than "
-                    f"it: part of HC's advantage is residual gain, the rest needs its n streams ({numbers})."
+                    f"than it: part of HC's advantage is residual gain, the rest needs its n streams ({numbers})."
                 )
             elif hc_g.high < 0:
                 text = (
@@ -743,7 +669,7 @@ def control_sentences(index: dict[str, Any]) -> list[str]:
                     f"significantly different from the baseline): HC's advantage needs its n streams ({numbers})."
                 )
             else:
-                text = f"Control (a) is not decisive at these seeds ({numbers})."
+                text = f"Control (a) is not decisive at these seeds: it gets {share:.0%} of HC's advantage ({numbers})."
         out.append(f"**(a) Residual gain (`{gain}`).** {text}")
     fixed = controls["fixed_res"]
     if fixed:
@@ -876,7 +802,8 @@ def init_ablation_section(index: dict[str, Any]) -> list[str]:
 
 
 def lr_sweep_section(index: dict[str, Any]) -> list[str]:
-    frame = lr_sweep_evidence(index)
+    frame = lr_sweep_runs(index)
+    frame = frame[frame["status"] != "missing"]
     lines = ["## Stability under a learning-rate stress test", ""]
     sweep = index.get("lr_sweep") or {}
     if frame.empty:
@@ -1047,16 +974,16 @@ def rules_section() -> list[str]:
         "a mechanism that did not operate, or a measurement unlike the paper's) and **holds by construction** (an "
         "algebraic identity of the method, true whatever was learned).",
         "",
-        f"- Loss gaps (claims 1, 5, 7, 8): per-seed paired gaps, 95% Student-t CI (n − 1 dof); reproduced when the CI "
+        f"- Loss gaps (claims 1, 7, 8): per-seed paired gaps, 95% Student-t CI (n − 1 dof); reproduced when the CI "
         f"lies below 0; contradicted when it lies above 0, or (claim 1) contains 0 but excludes the paper's value; "
         f"inconclusive when it contains both, with fewer than {MIN_SEEDS} seeds, or when mHC's mechanism did not "
         "operate in every seed (see Mechanism).",
         f"- Claim 2 (LR sweep): a run is unstable when it diverged or its EMA-smoothed loss rose ≥ {LOSS_SURGE_NATS:g} "
-        f"nats above its running minimum after the first {WARMUP_FRACTION:.0%} of steps. Over the (LR, seed) cells "
-        f"with both an HC and an mHC run: reproduced when HC alone is unstable in more cells than mHC alone and a "
-        f"one-sided sign test on those cells gives p < {SIGN_TEST_ALPHA:g}; contradicted when HC alone is unstable in "
-        "no more cells than mHC alone; inconclusive when the sweep made no run of any variant unstable, or the sign "
-        "test is not significant.",
+        f"nats above its running minimum after the first {WARMUP_FRACTION:.0%} of the planned steps. Over the (LR, "
+        f"seed) cells with both an HC and an mHC run: reproduced when HC alone is unstable in more cells than mHC "
+        f"alone and a one-sided sign test on those cells gives p < {SIGN_TEST_ALPHA:g}; contradicted when HC alone is "
+        "unstable in no more cells than mHC alone, or mHC is unstable wherever HC is; inconclusive when neither is "
+        "unstable anywhere, or the sign test is not significant.",
         f"- Claim 3: mHC's largest composite backward gain ≤ {AMAX_MHC_BOUND:g} and HC's largest composite gain ≥ "
         f"{AMAX_SEPARATION:g}× it; reproduced when mHC's mechanism operated, holds by construction when its H_res did "
         "not move (then every gain is 1); contradicted when either bound fails.",
@@ -1066,7 +993,7 @@ def rules_section() -> list[str]:
         f"H_res-only row must give ≥ {ABLATION_RES_SHARE:.0%} of its gain (else contradicted).",
         "- Claim 6: per task, the seed-level 95% CI of the paired per-item difference in the gold answer's "
         "log-likelihood; reproduced when it lies above 0 for some task and below 0 for none, contradicted in the "
-        "opposite case, inconclusive otherwise.",
+        "opposite case, inconclusive otherwise or when mHC's mechanism did not operate.",
         "- Claim 8: additionally the mean gap must be < 0 at every checkpoint of the second half.",
         f"- Claim 9: only a fused-kernel GPU measurement is comparable (else inconclusive); reproduced when its "
         f"overhead is ≤ {OVERHEAD_TOLERANCE:g} × {100 * paper.OVERHEAD_N4:.1f}%.",
@@ -1107,14 +1034,32 @@ def summary_lines(index: dict[str, Any], items: Sequence[Claim]) -> list[str]:
             f"(learning changed H_res by up to {mhc['hres_learned']:.3f}, stream spread {mhc['stream_spread']:.3f})."
         )
     lines += [f"- {sentence}" for sentence in control_sentences(index)]
+    lines.append("- **Verdicts:** " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".")
+    decided = [c for c in items if c.verdict in (REPRODUCED, CONTRADICTED)]
     lines.append(
-        "- **Verdicts:** "
-        + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-        + ". "
-        + "; ".join(f"{c.claim.split('.', 1)[0]}: {c.verdict}" for c in items)
-        + " (claims numbered as in the report)."
+        "- **What this tier decides:** "
+        + ("; ".join(f"{_short(c.claim)}: **{c.verdict}** ({c.why})" for c in decided) or "none of the claims")
+        + "."
     )
+    lines.append(
+        "- **What it cannot decide, and why:** "
+        + "; ".join(f"{_short(c.claim)}: {c.why}" for c in items if c.verdict == INCONCLUSIVE)
+        + "."
+    )
+    constructed = [c for c in items if c.verdict == BY_CONSTRUCTION]
+    if constructed:
+        lines.append(
+            "- **Holds by construction (not evidence):** "
+            + "; ".join(f"{_short(c.claim)}: {c.why}" for c in constructed)
+            + "."
+        )
     return lines
+
+
+def _short(claim: str) -> str:
+    """'1. mHC's final loss is below the baseline's' -> 'claim 1 (mHC's final loss is below the baseline's)'."""
+    number, _, text = claim.partition(". ")
+    return f"claim {number} ({text})" if text else claim
 
 
 def build_report(
@@ -1164,7 +1109,7 @@ def update_readme(readme: Path, tier: str, summary: str) -> bool:
         return False
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{summary}{end}{tail}")
+    atomic_write_text(readme, f"{head}{start}\n{summary}{end}{tail}")
     return True
 
 

@@ -605,6 +605,23 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 HELLASWAG_ACC = Benchmark("HellaSwag acc", ("hellaswag",), "acc", ("none",))
 
 
+def benchmark_of_task(task: str) -> str | None:
+    """The Table 4 benchmark an lm-eval task belongs to (piqa -> PIQA, mmlu_anatomy -> MMLU), else None."""
+    for bench in BENCHMARKS:
+        if task in bench.tasks or (any(task.startswith(p) for p in bench.prefixes) and task not in bench.exclude):
+            return bench.name
+    return None
+
+
+def variant_arch(index: dict[str, Any], variant: str) -> str | None:
+    """A variant's arch: from the index's `variants` table, else from any of its runs (old indexes lack the table)."""
+    spec = (index.get("variants") or {}).get(variant) or {}
+    if spec.get("arch"):
+        return str(spec["arch"])
+    run = next((r for r in find_runs(index, variant=variant) if r.get("arch")), None)
+    return str(run["arch"]) if run else None
+
+
 def pick_metric_key(scores: dict[str, Any], metric: str, filters: Sequence[str]) -> str | None:
     """The "metric,filter" key to report: the first preferred filter present, else any other filter of `metric`."""
     keys = [k for k, v in scores.items() if k.split(",")[0] == metric and is_number(v)]

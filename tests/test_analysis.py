@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from analysis import paper, report, tables
+from analysis import paper, report, stability, tables
 from analysis.figures import FIGURES, build_figures
 from analysis.tables import Benchmark, benchmark_score, mean_ci, t_quantile
 
@@ -470,10 +470,10 @@ def test_run_stability_flags_divergence_and_surges(tmp_path: Path) -> None:
 
     smooth = [6.0 - 0.01 * i for i in range(100)]
     surge = smooth[:60] + [smooth[59] + 0.5] * 40  # the loss jumps by 0.5 nats and stays
-    assert not report.run_stability(run(smooth))["unstable"]
-    assert report.run_stability(run(surge))["unstable"]
-    assert report.run_stability(run(smooth, "diverged"))["unstable"]
-    assert report.run_stability(run(smooth))["spike"] == pytest.approx(6.0)
+    assert not stability.run_stability(run(smooth))["unstable"]
+    assert stability.run_stability(run(surge))["unstable"]
+    assert stability.run_stability(run(smooth, "diverged"))["unstable"]
+    assert stability.run_stability(run(smooth))["spike"] == pytest.approx(6.0)
 
 
 def test_diverged_run_is_in_the_runs_table(index: dict[str, Any]) -> None:

@@ -212,7 +212,7 @@ def test_mechanism_series_picks_variants_runs_and_records(index: dict[str, Any])
 
 def test_lr_sweep_points_hand_computed(index: dict[str, Any]) -> None:
     points = lr_sweep_points(index)
-    assert list(points.columns[:6]) == ["variant", "multiplier", "seed", "status", "final_val_loss", "max_grad_norm"]
+    assert {"variant", "multiplier", "seed", "status", "final_val_loss", "max_grad_norm", "unstable"} <= set(points)
     assert len(points) == 3 * 3 * 2  # every planned run, the missing one included
     row = points.set_index(["variant", "multiplier", "seed"])
     diverged = row.loc[("hc", 10.0, 0)]
@@ -231,14 +231,19 @@ def test_lr_sweep_points_hand_computed(index: dict[str, Any]) -> None:
     assert (points["status"] == "completed").sum() == len(FINAL)
 
 
-def test_max_grad_norm_of_a_run_that_stopped_during_warm_up() -> None:
-    import pandas as pd
+def test_max_grad_norm_of_a_run_that_stopped_during_warm_up(tmp_path) -> None:
+    from analysis.stability import run_stability
 
-    frame = pd.DataFrame({"step": [1.0, 2.0], "loss": [5.0, 9.0], "grad_norm": [3.0, float("nan")]})
-    assert figures.max_grad_norm_after(frame, 100) == 3.0  # nothing after step 10: the whole run counts
-    frame = pd.DataFrame({"step": [1.0, 20.0, 30.0], "loss": [5.0] * 3, "grad_norm": [30.0, 2.0, 4.0]})
-    assert figures.max_grad_norm_after(frame, 100) == 4.0
-    assert figures.max_grad_norm_after(frame, None) == 4.0  # 10% of the last logged step (30): step 1 left out
+    def run(rows: list[tuple[float, float]]) -> dict[str, Any]:
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.jsonl"
+        path.write_text("".join(json.dumps({"step": s, "loss": 5.0, "grad_norm": g}) + "\n" for s, g in rows))
+        return {"metrics": str(path), "status": "completed"}
+
+    short = run([(1.0, 3.0), (2.0, float("nan"))])
+    assert run_stability(short, 100)["max_grad_norm"] == 3.0  # nothing after step 10: the whole run counts
+    longer = run([(1.0, 30.0), (20.0, 2.0), (30.0, 4.0)])
+    assert run_stability(longer, 100)["max_grad_norm"] == 4.0
+    assert run_stability(longer, None)["max_grad_norm"] == 4.0  # 10% of the last logged step (30): step 1 left out
 
 
 # --------------------------------------------------------------------------------------------------------------------

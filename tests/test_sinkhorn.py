@@ -109,12 +109,25 @@ def test_fast_sinkhorn_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda z: sinkhorn_fast(z, 7, 1e-3), (logits,))
 
 
-def test_fast_sinkhorn_extreme_logits_stay_finite():
-    """Logit spreads of +-40 (near-permutations, columns underflowing in float32): finite values and gradients."""
-    from models.kernels.sinkhorn import sinkhorn_fast
+@pytest.mark.parametrize("fn", ["sinkhorn", "sinkhorn_fast"])
+@pytest.mark.parametrize("scale", [40.0, 200.0])
+def test_extreme_logits_stay_exact_and_finite(fn, scale):
+    """Logit spreads of hundreds (the LR stress test reaches them): exp(logits - max) underflows whole rows in
+    float32, which in the probability domain gives rows summing to 0 and NaN gradients. The log domain keeps every
+    row sum at 1, agrees with the float64 map, and its gradient is finite."""
+    from models.kernels import sinkhorn as module
 
-    logits = (40.0 * torch.sign(torch.randn(64, 4, 4))).requires_grad_()
-    out = sinkhorn_fast(logits, 20)
+    f = getattr(module, fn)
+    logits = (scale * torch.randn(64, 4, 4)).requires_grad_()
+    out = f(logits, 20)
     out.backward(torch.randn_like(out))
     assert torch.isfinite(out).all() and torch.isfinite(logits.grad).all()
     assert (out.sum(-1) - 1).abs().max() < 1e-5
+    torch.testing.assert_close(out.double(), module.sinkhorn(logits.detach().double(), 20), atol=1e-5, rtol=0)
+
+
+def test_probability_domain_fails_where_the_log_domain_does_not():
+    """The check above can fail: the eps > 0 (probability-domain) form loses whole rows at the same logits."""
+    torch.manual_seed(0)
+    logits = 200.0 * torch.randn(64, 4, 4)
+    assert (sinkhorn(logits, 20, eps=1e-30).sum(-1) - 1).abs().max() > 0.5
