@@ -1074,7 +1074,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[Figure, str]]] = {
 
 
 def build_figures(index: dict[str, Any], out: Path, dpi: int = 150) -> dict[str, str]:
-    """Writes every figure as PNG and PDF; returns name -> "ok", "partial: ..." or "not run in this tier: ..."."""
+    """Writes every figure as PNG and PDF; returns name -> "ok", "partial: ..." or "not run in this tier: ..."
+    (some statuses append the runs they drew from)."""
     _style()
     statuses = {}
     for name, builder in BUILDERS.items():

@@ -1,4 +1,4 @@
-"""The mHC paper's reference numbers (arXiv 2512.24880 v2), copied from /work/shared/reference/paper.md.
+"""The mHC paper's reference numbers (arXiv 2512.24880 v2), as printed in the paper.
 
 Everything the tables, figures and the report print as "paper" comes from here, so that a number is typed once
 and checked once. Values are the paper's exactly; where the digest marks an item as derived ([D]) or secondhand

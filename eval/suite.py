@@ -5,9 +5,10 @@ per member (`PAPER_SHOTS`); the prompts, filters and metrics are lm-eval's. It r
 
 - hub mode: lm-eval loads each dataset from the Hugging Face hub (or its cache), as usual;
 - local-data mode: inside `local_datasets(root)`, the `datasets.load_dataset` that lm-eval calls is replaced by
-  a reader of the benchmark copies under `<data root>/benchmarks` (layout in `shared/data/SOURCES.md`), which
-  returns each `(dataset_path, dataset_name)` as a `DatasetDict` in the schema the built-in task expects, with the
-  hub switched off. The suite YAML is the same in both modes, so the same prompts and metrics run.
+  a reader of the benchmark copies under `<data root>/benchmarks` (one folder per dataset, as this module's
+  readers expect), which returns each `(dataset_path, dataset_name)` as a `DatasetDict` in the schema the built-in
+  task expects, with the hub switched off. The suite YAML is the same in both modes, so the same prompts and
+  metrics run.
 
 Where a local copy lacks a split the built-in task needs, a documented, deterministic substitute is served; the
 `SUBSTITUTIONS` of the benchmarks a run used are written into its results (`run_suite` -> `mhc_substitutions`).

@@ -201,18 +201,20 @@ def saved_activation_bytes(model: torch.nn.Module) -> Iterator[dict[str, int]]:
 
 @contextmanager
 def parameters_swapped(module: torch.nn.Module, values: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Inside the block, `module`'s parameters named in `values` hold those values (restored on exit)."""
-    params = dict(module.named_parameters())
-    saved = {name: params[name].detach().clone() for name in values}
+    """Inside the block, `module`'s parameters named in `values` are those tensors (the originals are put back on
+    exit). The parameter objects are swapped, not copied into, so this also works where the module's own
+    parameters are shards (FSDP2's DTensors) and `values` are full tensors."""
+    saved = []
     try:
-        with torch.no_grad():
-            for name, value in values.items():
-                params[name].copy_(value)
+        for name, value in values.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            saved.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = value
         yield
     finally:
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
+        for owner, leaf, param in reversed(saved):
+            owner._parameters[leaf] = param
 
 
 @torch.no_grad()

@@ -473,8 +473,8 @@ class Trainer:
         seq = self.val[0][:1, :-1].to(self.device)
         with torch.no_grad(), capture_mappings(self.model) as records, self.autocast:
             self.model(seq)
-            # the step-0 parameters on today's inputs (not possible on sharded FSDP parameters)
-            learned_from = None if self.fsdp else residual_maps_with(self.model, records, self.init_connection_params)
+            # the step-0 parameters (full tensors, taken before any wrapping) on today's inputs
+            learned_from = residual_maps_with(self.model, records, self.init_connection_params)
         self.model.train()
         curves = amax_gain([r["H_res"][0] for r in records])
         curves.update(mechanism_curves(records, self.init_res, learned_from))

@@ -52,8 +52,8 @@ def run_cli(config: Path, out: Path, *overrides: str, env: dict | None = None) -
     )
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def metrics(run: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
 
 
 def without_wall_clock(records: list[dict]) -> list[dict]:
@@ -215,15 +215,26 @@ def test_two_gloo_processes_match_one_process(tmp_path, shards, parallel, model)
     va = [r["val_loss"] for r in metrics(single) if "val_loss" in r]
     vb = [r["val_loss"] for r in metrics(double) if "val_loss" in r]
     assert vb == pytest.approx(va, rel=1e-5)
-    # The final model gathered from the ranks equals the single-process one up to one Adam step (lr 3e-3): Adam
-    # normalises the tiny reduction-order differences of near-zero gradients to O(lr) updates.
+    # The final model gathered from the ranks equals the single-process one up to one Adam step (lr 3e-3) for every
+    # parameter whose gradient is not ~0: Adam normalises tiny reduction-order differences to O(lr) updates.
     from safetensors.torch import load_file
 
     wa, wb = load_file(single / "model" / "model.safetensors"), load_file(double / "model" / "model.safetensors")
     assert wa.keys() == wb.keys()
-    # (the largest is the first sub-layer's mHC gate alpha: its H_res acts on replicated streams, so its gradient is
-    # ~0 by construction and its Adam updates follow the reduction-order noise)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 3e-3
+    # The first sub-layer's connection is the exception: its H_res acts on replicated streams (expansion copies x),
+    # so the gradient reaching its H_res share of phi / bias / alpha is ~0 by construction and each Adam step follows
+    # the reduction-order noise with a full-size update of either sign; it gets the bound of a random walk of 6
+    # steps (Adam's bias-corrected update is at most ~2 lr per step here), the rest the one-step bound.
+    noise_only = {k for k in wa if k.startswith("blocks.0.attn_connection.")}
+    assert noise_only
+    drift = {k: (wa[k] - wb[k]).abs().max().item() for k in wa}
+    assert max(drift[k] for k in wa if k not in noise_only) < 3e-3
+    assert max(drift[k] for k in noise_only) < 6 * 2 * 3e-3
+    # The mechanism diagnostics work on sharded parameters too (the step-0 maps are swapped in as full tensors).
+    diag_a, diag_b = metrics(single, "diagnostics.jsonl")[-1], metrics(double, "diagnostics.jsonl")[-1]
+    assert all(v is not None for v in diag_b["hres_learned"])
+    # (sub-layer 0 excepted: its H_res parameters follow the noise, see above)
+    assert diag_b["hres_learned"][1:] == pytest.approx(diag_a["hres_learned"][1:], abs=1e-3)
 
 
 @needs_corpus

@@ -13,10 +13,13 @@ import torch
 from torch import nn
 
 from ..config import ConnectionConfig
-from .base import Connection, SubLayer, grad_norm
+from .base import SubLayer, grad_norm
+from .residual import Residual
 
 
-class ResidualGain(Connection):
+class ResidualGain(Residual):
+    """The residual connection with a learnable residual gain a_l and branch gain b_l (the streams: see Residual)."""
+
     def __init__(self, cfg: ConnectionConfig, dim: int, index: int, norm_eps: float = 1e-6):
         super().__init__(cfg, dim, index, norm_eps)
         self.residual_gain = nn.Parameter(torch.ones(()))  # a_l
@@ -35,8 +38,8 @@ class ResidualGain(Connection):
             one = state.new_ones((*state.shape[:-1], 1), dtype=torch.float32)
             self.record = {
                 "H_pre": one,
-                "H_post": (b.float() * one),
-                "H_res": (a.float() * one).unsqueeze(-1),
+                "H_post": b.detach().float() * one,
+                "H_res": (a.detach().float() * one).unsqueeze(-1),
                 "spread": state.new_zeros(state.shape[:-1], dtype=torch.float32),
                 "state": state.detach(),
             }
@@ -47,11 +50,3 @@ class ResidualGain(Connection):
 
     def mapping_grad_norms(self) -> dict[str, float | None]:
         return {"res": grad_norm(self.residual_gain.grad), "pre": None, "post": grad_norm(self.branch_gain.grad)}
-
-    @staticmethod
-    def expand(h: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:
-        return h
-
-    @staticmethod
-    def collapse(state: torch.Tensor, cfg: ConnectionConfig) -> torch.Tensor:
-        return state

@@ -20,6 +20,7 @@ hand-written reverse pass in `sinkhorn_fast`, the CPU path.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 0.0) -> torch.Tensor:
@@ -61,6 +62,7 @@ class _Sinkhorn(torch.autograd.Function):
         return out.permute(2, 0, 1).reshape(shape).contiguous()  # (a strided H_res sends bmm to a slow path)
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad: torch.Tensor):
         normalised = ctx.saved_tensors
         shape = ctx.shape
