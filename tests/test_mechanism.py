@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from models.diagnostics import MECHANISM_THRESHOLDS, mechanism_operated
 from models.train import Trainer, load_run_config
 from tests.conftest import needs_corpus
@@ -42,12 +44,18 @@ def train_tiny_mhc(shards: Path, out: Path, *overrides: str) -> dict:
     return records
 
 
+@pytest.fixture(scope="module")
+def shipped_default_records(shards, tmp_path_factory) -> list[dict]:
+    """The diagnostics of one training at the shipped defaults, shared by the tests that read it."""
+    return train_tiny_mhc(shards, tmp_path_factory.mktemp("mechanism") / "default")
+
+
 @needs_corpus
-def test_shipped_defaults_move_h_res_and_separate_the_streams(shards, tmp_path):
-    first, last = train_tiny_mhc(shards, tmp_path / "default")
+def test_shipped_defaults_move_h_res_and_separate_the_streams(shipped_default_records):
+    first, last = shipped_default_records
     ok, why = mechanism_operated(last)
     assert ok, why
-    # the H_res parameters get a real gradient from the first step on (b = 0 gives ~1e-10)
+    # the H_res parameters get a real gradient from the first step on (b = 0 gives ~1e-9)
     assert max(first["grad_res"]) > 1e-6
     # and the forward gain stays exactly 1 while H_res moves (row-stochastic by construction)
     assert max(abs(g - 1) for g in last["single_forward"]) < 1e-5
@@ -79,9 +87,9 @@ def test_mechanism_check_on_records():
 
 
 @needs_corpus
-def test_learned_change_is_measured_on_the_same_input(shards, tmp_path):
+def test_learned_change_is_measured_on_the_same_input(shipped_default_records):
     """At step 0 the learned change is exactly 0 (the same parameters on the same input), while the token-averaged
     H_res itself is far from J/n for the shipped init: the two quantities are different measurements."""
-    first, last = train_tiny_mhc(shards, tmp_path / "default")
+    first, last = shipped_default_records
     assert max(first["hres_learned"]) == 0.0 and max(first["hres_from_init"]) == 0.0
     assert max(first["hres_from_uniform"]) > 0.3

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import ConnectionConfig
 from ..kernels import get_ops
+from ..kernels.reference import proj_rms
 from ..kernels.sinkhorn import sinkhorn_fast
 from .base import StreamConnection, grad_norm
 
@@ -73,8 +74,8 @@ class ManifoldHyperConnection(StreamConnection):
                 hh, inv_rms, self.alpha, self.bias, n, cfg.sinkhorn_iters, cfg.pre_eps, cfg.sinkhorn_eps
             )
         # Some mappings fixed (Table 1 switches): the same equations on the learned ones, in PyTorch.
-        xf = x.flatten(-2).float()
-        h = (xf @ self.phi.float()) * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        hh, inv_rms = proj_rms(x.flatten(-2), self.phi, self.norm_eps)
+        h = hh * inv_rms.unsqueeze(-1)
         logits = {
             m: self.alpha[k].float() * part + b
             for k, (m, part, b) in enumerate(
