@@ -755,7 +755,7 @@ def _threshold(ax: plt.Axes, value: float) -> None:
     ax.text(
         0.995,
         value,
-        f"operates above {value:g}",
+        f"median sub-layer operates above {value:g}",
         transform=ax.get_yaxis_transform(),
         ha="right",
         va="bottom",
@@ -833,7 +833,7 @@ def fig_mechanism(index: dict[str, Any]) -> tuple[Figure, str]:
     _threshold(ax_b, MECHANISM_THRESHOLDS["hres_learned"])
     _sublayer_axis(
         ax_b,
-        "max |H_res(θ) − H_res(θ_0)| on the same input (token-averaged, log)",
+        "max |H_res(θ) − H_res(θ₀)|, same input (log)",
         "(b) how much learning changed H_res"
         + (f"; dotted: distance from J/n ({', '.join(uniform_drawn)})" if uniform_drawn else ""),
     )
@@ -874,7 +874,7 @@ def fig_mechanism(index: dict[str, Any]) -> tuple[Figure, str]:
         )
         for s in series.values()
     ]
-    handles.append(Line2D([], [], color="k", ls="--", lw=1, label="threshold: mechanism operates above"))
+    handles.append(Line2D([], [], color="k", ls="--", lw=1, label="threshold: the median sub-layer must lie above"))
     handles.append(Line2D([], [], color="grey", ls="", marker="v", ms=5, label="exactly 0 (bottom edge)"))
     if uniform_drawn:
         handles.append(Line2D([], [], color="grey", ls=":", lw=1, label="(b) dotted: max |H_res − J/n|"))

@@ -338,6 +338,10 @@ def mechanism_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
             values = [v for v in record.get(key) or [] if is_number(v)]
             return max(values) if values else None
 
+        def middle(record: dict[str, Any], key: str) -> float | None:
+            values = [v for v in record.get(key) or [] if is_number(v)]
+            return float(np.median(values)) if values else None
+
         arch = variant_arch(index, variant) or "?"
         fixed_res = ((index.get("variants") or {}).get(variant) or {}).get("connection", {}).get("learn_res") is False
         keys = ("hres_learned",) if arch == "gain" else ("stream_spread",) if fixed_res else None
@@ -348,8 +352,10 @@ def mechanism_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
                 "arch": arch,
                 "seeds": len(records),
                 "operated": sum(ok for ok, _ in verdicts),
-                "stream_spread": mean_or_none([top(last, "stream_spread") for _, last in records]),
-                "hres_learned": mean_or_none([top(last, "hres_learned") for _, last in records]),
+                "stream_spread": mean_or_none([middle(last, "stream_spread") for _, last in records]),
+                "stream_spread_max": mean_or_none([top(last, "stream_spread") for _, last in records]),
+                "hres_learned": mean_or_none([middle(last, "hres_learned") for _, last in records]),
+                "hres_learned_max": mean_or_none([top(last, "hres_learned") for _, last in records]),
                 "hres_from_init": mean_or_none([top(last, "hres_from_init") for _, last in records]),
                 "hres_from_uniform": mean_or_none([top(last, "hres_from_uniform") for _, last in records]),
                 "hres_token_dev": mean_or_none([top(last, "hres_token_dev") for _, last in records]),
@@ -399,6 +405,8 @@ def power_evidence(index: dict[str, Any], variant: str = "mhc", reference: str =
         "target": target,
         "detectable": detectable_gap(sd, len(gaps), alpha, power),
         "needed": seeds_needed(sd, target, alpha, power) if math.isfinite(sd) else None,
+        "planned_sd": float(spec["planned_sd"]) if is_number(spec.get("planned_sd")) else None,
+        "planned_from": spec.get("planned_from") or "",
     }
 
 
@@ -725,14 +733,17 @@ def mechanism_section(index: dict[str, Any]) -> list[str]:
         "## Mechanism: did what is compared actually operate?",
         "",
         "From each run's diagnostics (`diagnostics.jsonl`, last record; means over seeds): the spread of the n streams "
-        "entering a sub-layer (‖x_i − x̄‖/‖x̄‖, max over sub-layers); how much the learned parameters changed H_res "
-        "(the token-averaged H_res on the same input with the current parameters against the step-0 ones, largest "
-        "entry change: an input drift alone does not count); how far the token-averaged H_res moved from step 0 "
+        "entering a sub-layer (‖x_i − x̄‖/‖x̄‖; median and max over sub-layers); how much the learned parameters "
+        "changed H_res (the token-averaged H_res on the same input with the current parameters against the step-0 "
+        "ones, largest entry change, median and max over sub-layers: an input drift alone does not count); the rest "
+        "max over sub-layers: how far the token-averaged H_res moved from step 0 "
         "(learning and input drift together) and from J/n; how much it varies across tokens; the gradient norm "
-        "reaching the H_res parameters at step 0 and at the end (max over sub-layers); and the spread of H_post across "
-        "streams. A learned H_res operates when its learned change exceeds "
+        "reaching the H_res parameters at step 0 and at the end; and the spread of H_post across "
+        "streams. A learned H_res operates when, in the median sub-layer, its learned change exceeds "
         f"{MECHANISM_THRESHOLDS['hres_learned']:g} and the streams differ by more than "
-        f"{MECHANISM_THRESHOLDS['stream_spread']:g} (models/diagnostics.py; tests/test_mechanism.py shows the shipped "
+        f"{MECHANISM_THRESHOLDS['stream_spread']:g} (the median: one sub-layer that separates the streams while the "
+        "others re-average them is not a network that uses n streams; models/diagnostics.py; "
+        "tests/test_mechanism.py shows the shipped "
         "mHC passing and b = 0 with AdamW ε = 1e-8 failing). Claims about mHC are inconclusive when `mhc` did not "
         "operate in every main seed.",
         "",
@@ -740,7 +751,8 @@ def mechanism_section(index: dict[str, Any]) -> list[str]:
     if not rows:
         return lines + ["No diagnostics with stream statistics in this tier."]
     lines += [
-        "| variant | arch | operated (seeds) | stream spread | H_res learned | H_res moved | H_res − J/n | "
+        "| variant | arch | operated (seeds) | stream spread (median / max) | H_res learned (median / max) | "
+        "H_res moved | H_res − J/n | "
         "H_res token dev | grad H_res step 0 | grad H_res end | H_post spread |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -750,8 +762,10 @@ def mechanism_section(index: dict[str, Any]) -> list[str]:
 
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['arch']} | {r['operated']} of {r['seeds']} | {f(r['stream_spread'])} | "
-            f"{f(r['hres_learned'])} | {f(r['hres_from_init'])} | {f(r['hres_from_uniform'])} | "
+            f"| {r['variant']} | {r['arch']} | {r['operated']} of {r['seeds']} | "
+            f"{f(r['stream_spread'])} / {f(r['stream_spread_max'])} | "
+            f"{f(r['hres_learned'])} / {f(r['hres_learned_max'])} | {f(r['hres_from_init'])} | "
+            f"{f(r['hres_from_uniform'])} | "
             f"{f(r['hres_token_dev'])} | "
             f"{f(r['grad_res_init'], '.2e')} | {f(r['grad_res_end'], '.2e')} | {f(r['post_spread'])} |"
         )
@@ -819,6 +833,15 @@ def init_ablation_section(index: dict[str, Any]) -> list[str]:
             "Evidence on the shipped default: no alternative had a lower loss than `mhc` in every seed of this "
             "ablation; the default is consistent with the evidence here."
         )
+    operating = [v for v in variants if v in mech and mech[v]["operated"] == mech[v]["seeds"]]
+    idle = [v for v in variants if v in mech and mech[v]["operated"] == 0]
+    if operating or idle:
+        lines.append(
+            "Which settings let mHC's mechanism operate (see Mechanism): "
+            + (f"in every seed {', '.join(f'`{v}`' for v in operating)}" if operating else "none in every seed")
+            + (f"; in no seed {', '.join(f'`{v}`' for v in idle)}" if idle else "")
+            + ". A loss gap of a setting whose streams stay copies compares a branch-gain network, not mHC."
+        )
     return lines
 
 
@@ -876,6 +899,23 @@ def power_section(index: dict[str, Any]) -> list[str]:
             else f"needs {needed if needed else 'more than 200'} seeds at this spread."
         )
     )
+    planned = ev["planned_sd"]
+    if planned is not None:
+        from .power import detectable_gap
+
+        planned_gap = detectable_gap(planned, ev["n"], ev["alpha"], ev["power"])
+        source = f" ({ev['planned_from']})" if ev["planned_from"] else ""
+        comparison = (
+            "the tier's own spread is larger, so it detects less than it was sized for"
+            if ev["sd"] > planned
+            else "the tier's own spread is no larger, so it detects what it was sized for"
+        )
+        lines += [
+            "",
+            f"The tier was sized with a paired SD of {planned:.4f} nats{source}, which at {ev['n']} seeds gives a "
+            f"detectable gap of {planned_gap:.4f}; {comparison} (config `power`, and the calculation in the "
+            "config's comments).",
+        ]
     return lines
 
 
@@ -1058,7 +1098,10 @@ def summary_lines(index: dict[str, Any], items: Sequence[Claim]) -> list[str]:
     if mhc:
         measured = ", ".join(
             f"{label} {mhc[key]:.3f}"
-            for key, label in (("hres_learned", "learning changed H_res by up to"), ("stream_spread", "stream spread"))
+            for key, label in (
+                ("hres_learned", "in the median sub-layer learning changed H_res by"),
+                ("stream_spread", "stream spread"),
+            )
             if is_number(mhc.get(key))
         )
         lines.append(

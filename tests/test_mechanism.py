@@ -82,6 +82,8 @@ def test_mechanism_check_on_records():
     assert ok
     assert not mechanism_operated({"hres_learned": [0.3], "stream_spread": [0.01]})[0]
     assert not mechanism_operated({"hres_learned": [None], "stream_spread": [0.2]})[0]
+    # one sub-layer that separates the streams while the others keep them copies is not enough (the b = 0 pattern)
+    assert not mechanism_operated({"hres_learned": [0.3] * 4, "stream_spread": [0.1, 0.001, 0.002, 0.001]})[0]
     # a single criterion where only one applies (the gain control: no streams; identity HC: H_res fixed)
     assert mechanism_operated({"hres_learned": [0.3], "stream_spread": [0.0]}, ("hres_learned",))[0]
 
