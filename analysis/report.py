@@ -1048,16 +1048,19 @@ def rules_section() -> list[str]:
         f"- Claim 2 (LR sweep): a run is unstable when it diverged or its EMA-smoothed loss rose ≥ {LOSS_SURGE_NATS:g} "
         f"nats above its running minimum after the first {WARMUP_FRACTION:.0%} of the planned steps. Over the (LR, "
         f"seed) cells with both an HC and an mHC run: reproduced when HC alone is unstable in more cells than mHC "
-        f"alone and a one-sided sign test on those cells gives p < {SIGN_TEST_ALPHA:g}; contradicted when HC alone is "
-        "unstable in no more cells than mHC alone, or mHC is unstable wherever HC is; inconclusive when neither is "
-        "unstable anywhere, or the sign test is not significant.",
+        f"alone and a one-sided sign test on those cells gives p < {SIGN_TEST_ALPHA:g}; contradicted when the same "
+        "test says the reverse (mHC alone unstable in significantly more cells), or mHC is unstable wherever HC is; "
+        "inconclusive when neither is unstable anywhere, or neither direction is significant.",
         f"- Claim 3: mHC's largest composite backward gain ≤ {AMAX_MHC_BOUND:g} and HC's largest composite gain ≥ "
         f"{AMAX_SEPARATION:g}× it; reproduced when mHC's mechanism operated, holds by construction when its H_res did "
         "not move (then every gain is 1); contradicted when either bound fails.",
         f"- Claim 4: holds by construction when max |single-layer forward gain − 1| ≤ {FORWARD_GAIN_TOL:g} (rows are "
         "normalised last); a larger deviation would be an implementation error (contradicted).",
         f"- Claim 5: the full-HC row's gap CI must lie below 0 (else inconclusive, or contradicted above 0) and the "
-        f"H_res-only row must give ≥ {ABLATION_RES_SHARE:.0%} of its gain (else contradicted).",
+        f"H_res-only row must give ≥ {ABLATION_RES_SHARE:.0%} of its gain: reproduced when the H_res-only row's 95% "
+        f"CI lies beyond {ABLATION_RES_SHARE:.0%} of the full row's mean gap, contradicted when it lies short of it, "
+        "inconclusive when it straddles it or has fewer than "
+        f"{MIN_SEEDS} seeds.",
         "- Claim 6: per task, the seed-level 95% CI of the paired per-item difference in the gold answer's "
         "log-likelihood; reproduced when it lies above 0 for some task and below 0 for none, contradicted in the "
         "opposite case, inconclusive otherwise or when mHC's mechanism did not operate.",
