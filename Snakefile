@@ -1,6 +1,6 @@
 # The mHC replication workflow: the paper's whole experiment DAG (README, "The workflow").
 #
-#   snakemake --cores all                                  # default tier (config/config.yaml), ~1 h on 2 cores
+#   snakemake --cores all                                  # default tier (config/config.yaml), ~2 h on 2 cores
 #   snakemake --cores all --configfile config/smoke.yaml   # every rule on a unit-test model, minutes
 #   snakemake -n --configfile config/paper.yaml            # plan the paper's 3B/9B/27B experiment set
 #   snakemake --workflow-profile profiles/slurm --configfile config/gpu.yaml   # a SLURM cluster
@@ -10,7 +10,12 @@
 # store to results/mlflow.db. Training is resumable: a killed or failed job resumes from its last checkpoint when
 # rerun, because the checkpoints live in the run folder, which is never a declared (deleted-on-failure) output.
 
-configfile: "config/config.yaml"
+# A tier given with --configfile replaces the default tier rather than being merged into it: Snakemake merges
+# config files key by key, which would leave default-tier sections (its LR sweep, init ablation, power plan) in a
+# tier that does not define them. `--config key=value` still edits whichever tier is loaded.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

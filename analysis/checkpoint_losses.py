@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.checkpoint import CheckpointError, atomic_write_text
+from models.gpu_slots import GpuSlotError, resolve_device
 
 
 @torch.no_grad()
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        device = resolve_device(args.device)  # a free GPU of this machine for this process, when it has one
+    except GpuSlotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     from eval.lm import load_for_eval
     from models.data import load_shard, val_batches

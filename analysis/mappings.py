@@ -17,6 +17,7 @@ import torch
 
 from models.checkpoint import CheckpointError, atomic_write_text
 from models.diagnostics import amax_gain, capture_mappings
+from models.gpu_slots import GpuSlotError, resolve_device
 
 
 def composite(mats: list[torch.Tensor], first: int, last: int) -> torch.Tensor:
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        device = resolve_device(args.device)  # a free GPU of this machine for this process, when it has one
+    except GpuSlotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     from eval.lm import load_for_eval
     from models.data import load_shard, val_batches

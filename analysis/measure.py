@@ -36,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from models.checkpoint import atomic_write_text
 from models.config import ConfigError, ModelConfig, from_dict, merge_overrides, to_dict, validate_model_config
 from models.diagnostics import saved_activation_bytes
+from models.gpu_slots import GpuSlotError, resolve_device
 from models.kernels import get_ops
 from models.registry import get_scale
 from models.transformer import Transformer
@@ -84,6 +85,35 @@ def step_times(configs: dict[str, ModelConfig], batch: int, seq: int, steps: int
             if i >= 2:
                 times[arch].append((time.perf_counter() - start) * 1e3)
     return {arch: statistics.median(t) for arch, t in times.items()}
+
+
+def memory_needed(configs: dict[str, ModelConfig]) -> int:
+    """A lower bound on the bytes `step_times` holds at once: every arch's float32 weights and gradients (the three
+    models are interleaved, so all are resident), activations not counted."""
+    from models.summary import summarize
+
+    return sum(8 * summarize(cfg)["total_params"] for cfg in configs.values())
+
+
+def memory_available(device: torch.device) -> int:
+    """Free bytes on the GPU, or the host's available memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(configs: dict[str, dict[str, ModelConfig]], device: torch.device) -> None:
+    """ConfigError naming the scale when its measurement cannot fit this device (rather than an out-of-memory
+    crash after minutes of model building)."""
+    free = memory_available(device)
+    for scale, by_arch in configs.items():
+        need = memory_needed(by_arch)
+        if need > free:
+            raise ConfigError(
+                f"measuring {scale} needs at least {need / 2**30:.1f} GiB ({len(by_arch)} float32 models with "
+                f"gradients, resident together), but this {device.type} has {free / 2**30:.1f} GiB free: measure a "
+                "smaller scale (config `measurements.scales`) or on a larger device"
+            )
 
 
 # ---- memory (Table 3) -------------------------------------------------------------------------------------------
@@ -162,14 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per arch (after 2 warm-up rounds)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (a free GPU of this machine, else the CPU), cpu, cuda")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
     try:
+        device = torch.device(resolve_device(args.device))
         overrides = json.loads(args.model_overrides)
         configs = {s: {a: scale_config(s, a, overrides.get(s, {})) for a in ARCHS} for s in args.scales}
-    except (ConfigError, json.JSONDecodeError) as err:
+        check_fits(configs, device)
+    except (ConfigError, GpuSlotError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

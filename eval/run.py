@@ -20,6 +20,7 @@ from pathlib import Path
 
 from models.checkpoint import CheckpointError, atomic_write_text
 from models.data import DataError, resolve_data_root
+from models.gpu_slots import GpuSlotError, resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     from .suite import PAPER_SUITE, run_suite
 
     try:
-        if args.device == "auto":
-            import torch
-
-            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = resolve_device(args.device)
         lm = MhcLM(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size)
         root = None if args.hub else resolve_data_root(args.data_root)
-    except (CheckpointError, DataError) as err:
+    except (CheckpointError, DataError, GpuSlotError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tasks = args.tasks.split(",") if args.tasks else [PAPER_SUITE]

@@ -73,6 +73,7 @@ from .data import (
 )
 from .data import TokenLoader as _TokenLoader
 from .diagnostics import amax_gain, capture_mappings, mechanism_curves, residual_maps_with
+from .gpu_slots import GpuSlotError, resolve_device
 from .registry import get_scale
 from .transformer import Transformer
 
@@ -228,11 +229,13 @@ class Dist:
 
 
 def init_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    """The ranks and this process's device. A single process claims a free GPU of the machine for itself
+    (models.gpu_slots); the ranks of a multi-GPU run use the GPUs their launcher claimed, one per local rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), torch.device(resolve_device(device_pref))
     if device_pref == "auto":
         device_pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if world == 1:
-        return Dist(), torch.device(device_pref)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_pref.startswith("cuda"):
         torch.cuda.set_device(local)
@@ -791,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             data = shard_checksums(json.loads(shards.read_text())) if shards and shards.is_file() else None
             move_stale_run(Path(args.out), config_hash(cfg), data, int(os.environ.get("RANK", "0")))
         trainer = Trainer(cfg, Path(args.out))
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, GpuSlotError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

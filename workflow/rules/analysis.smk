@@ -16,6 +16,7 @@ rule checkpoint_losses:
         f"{RESULTS}/benchmarks/checkpoint_losses/{RUN_LOG}.tsv"
     threads: 1
     resources:
+        gpu=one_gpu,
         mem_mb=4000,
         runtime=60,
     conda:
@@ -39,6 +40,7 @@ rule mappings:
         f"{RESULTS}/benchmarks/mappings/{RUN_LOG}.tsv"
     threads: 1
     resources:
+        gpu=one_gpu,
         mem_mb=4000,
         runtime=30,
     conda:

@@ -69,10 +69,21 @@ def train_args(wildcards):
 
 
 def train_launcher(wildcards):
+    """How a training job starts. One process (CPU or one GPU) claims a free GPU itself when it picks its device
+    (models/gpu_slots.py). A multi-GPU run is claimed before torchrun starts its ranks, so that all ranks share the
+    N GPUs no other job holds; `--standalone` binds the rendezvous to port 0, a free port chosen by the OS."""
     gpus = int(config["scales"][wildcards.scale].get("gpus", 0))
     if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} -m models.train"
+        return (
+            f"python -m models.gpu_slots --gpus {gpus} -- "
+            f"torchrun --standalone --nproc-per-node {gpus} -m models.train"
+        )
     return "python -m models.train"
+
+
+def one_gpu(wildcards):
+    """The GPUs of a single-GPU job on a run's final model (evaluation, analyses): 1 when the scale trains on GPUs."""
+    return min(1, int(config["scales"][wildcards.scale].get("gpus", 0)))
 
 
 def tracking_input(wildcards):

@@ -20,7 +20,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{RUN_LOG}.tsv"
     threads: 1
     resources:
-        gpu=lambda wc: min(1, int(config["scales"][wc.scale].get("gpus", 0))),
+        gpu=one_gpu,
         mem_mb=8000,
         runtime=240,
     conda:
