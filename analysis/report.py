@@ -138,30 +138,14 @@ def verdict_instability(cells: Sequence[tuple[bool, bool]], any_unstable: bool) 
         if any(h and m for h, m in cells):
             return CONTRADICTED, "mHC was unstable in every cell where HC was"
         return INCONCLUSIVE, "neither HC nor mHC became unstable in any cell (only other variants did)"
-    if hc_only <= mhc_only:
-        # Contradicted only when the reverse (mHC alone unstable) is itself significant; a tie or a single
-        # cell is no evidence either way.
-        p_reverse = sign_test_p(mhc_only, hc_only + mhc_only)
-        if p_reverse < SIGN_TEST_ALPHA:
-            return (
-                CONTRADICTED,
-                f"mHC alone unstable in {mhc_only} cells, HC alone in {hc_only}; sign test p = {p_reverse:.3f}",
-            )
-        return (
-            INCONCLUSIVE,
-            f"HC alone unstable in {hc_only} cell(s), mHC alone in {mhc_only}; sign test for the reverse "
-            f"p = {p_reverse:.3f} ≥ {SIGN_TEST_ALPHA:g}",
-        )
-    p = sign_test_p(hc_only, hc_only + mhc_only)
+    # One sign test in the direction the cells lean: reproduced when HC alone is unstable significantly more often,
+    # contradicted when mHC alone is; a tie or a few cells are no evidence either way.
+    hc_leads = hc_only > mhc_only
+    p = sign_test_p(max(hc_only, mhc_only), hc_only + mhc_only)
+    counts = f"HC alone unstable in {hc_only} of {len(cells)} cells, mHC alone in {mhc_only}"
     if p < SIGN_TEST_ALPHA:
-        return (
-            REPRODUCED,
-            f"HC alone unstable in {hc_only} of {len(cells)} cells, mHC alone in {mhc_only}; sign test p = {p:.3f}",
-        )
-    return (
-        INCONCLUSIVE,
-        f"HC alone unstable in {hc_only} cells, mHC alone in {mhc_only}; sign test p = {p:.3f} ≥ {SIGN_TEST_ALPHA:g}",
-    )
+        return (REPRODUCED if hc_leads else CONTRADICTED), f"{counts}; sign test p = {p:.3f}"
+    return INCONCLUSIVE, f"{counts}; sign test p = {p:.3f} ≥ {SIGN_TEST_ALPHA:g}"
 
 
 def verdict_amax(hc_max: float | None, mhc_max: float | None, mechanism: bool) -> tuple[str, str]:
