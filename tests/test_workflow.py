@@ -234,7 +234,12 @@ def test_killing_snakemake_during_training_then_rerunning_resumes_from_the_check
     run = tmp_path / "results" / "killtest" / "runs" / "tiny" / "mhc" / "seed0"
     target = str(run.relative_to(tmp_path) / "final.json")
     cmd = [*SNAKEMAKE, "--directory", str(tmp_path), target, "--cores", "1", "--configfile", str(path)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # SIGINT restored to its default in Snakemake: a shell starts background jobs with SIGINT ignored, and an
+    # ignored signal stays ignored across exec, so under `cmd &` the Ctrl-C below would never reach the run.
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:  # wait for a checkpoint past the first one
