@@ -123,7 +123,10 @@ def lock_dir(env: dict[str, str] | None = None) -> Path:
 
 def _try_lock(path: Path) -> int | None:
     """An exclusive, non-blocking flock on `path` (created if missing): the descriptor, or None when held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file (umask): a read-only descriptor locks as well
+        fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -154,8 +157,11 @@ def try_claim(n: int, pool: list[str], folder: Path) -> Claim | None:
         if len(claim.gpus) == n:
             note = f"pid {os.getpid()}: {' '.join(sys.argv)[:500]}\n".encode()
             for descriptor in claim.files:
-                os.ftruncate(descriptor, 0)
-                os.pwrite(descriptor, note, 0)
+                try:
+                    os.ftruncate(descriptor, 0)
+                    os.pwrite(descriptor, note, 0)
+                except OSError:  # read-only descriptor: the claim holds, only the note is missing
+                    pass
             return claim
     claim.release()
     return None
