@@ -191,7 +191,7 @@ def test_every_gpu_job_of_the_workflow_claims_its_gpu(tmp_path, shards, rule):
     assert not (tmp_path / "out.json").exists()
 
 
-def test_the_gpu_tier_declares_gpus_for_every_gpu_rule():
+def test_every_gpu_rule_declares_its_gpus():
     """Snakemake's `gpu` resource caps how many GPUs the running jobs ask for in total; every rule that runs a
     model on the GPU tier declares its GPUs, and a multi-GPU training job is claimed before torchrun starts."""
     proc = subprocess.run(
