@@ -729,6 +729,13 @@ def _connection_items(runs: list[EffectiveRun]) -> list[Deviation | None]:
     streams = [r for r in runs if r.arch in ("hc", "mhc")]
     out: list[Deviation | None] = []
 
+    def paper_constant(key: str, label: str, field: str, population: list[EffectiveRun], word: str) -> Deviation | None:
+        """A connection setting the paper fixes to one value (`field` in the paper reference and the config)."""
+        return _compare(
+            key, label, _num(cref[field]), population, lambda r: getattr(r.model.connection, field),
+            lambda r: cref[field], word=word,
+        )  # fmt: skip
+
     def init(r: EffectiveRun) -> tuple[Any, ...]:
         c = r.model.connection
         return (
@@ -765,17 +772,7 @@ def _connection_items(runs: list[EffectiveRun]) -> list[Deviation | None]:
             note="; ".join(text for name, text in legend.items() if name in used),
         )
     )
-    out.append(
-        _compare(
-            "sinkhorn_iters",
-            "Sinkhorn-Knopp t_max",
-            _num(cref["sinkhorn_iters"]),
-            mhc,
-            lambda r: r.model.connection.sinkhorn_iters,
-            lambda r: cref["sinkhorn_iters"],
-            word="mHC runs",
-        )
-    )
+    out.append(paper_constant("sinkhorn_iters", "Sinkhorn-Knopp t_max", "sinkhorn_iters", mhc, "mHC runs"))
     out.append(
         _compare(
             "mhc_eps",
@@ -788,28 +785,8 @@ def _connection_items(runs: list[EffectiveRun]) -> list[Deviation | None]:
             word="mHC runs",
         )
     )
-    out.append(
-        _compare(
-            "alpha_init",
-            "Gating factor init alpha",
-            _num(cref["alpha_init"]),
-            streams,
-            lambda r: r.model.connection.alpha_init,
-            lambda r: cref["alpha_init"],
-            word="HC/mHC runs",
-        )
-    )
-    out.append(
-        _compare(
-            "expansion_rate",
-            "Expansion rate n",
-            _num(cref["n"]),
-            streams,
-            lambda r: r.model.connection.n,
-            lambda r: cref["n"],
-            word="HC/mHC runs",
-        )
-    )
+    out.append(paper_constant("alpha_init", "Gating factor init alpha", "alpha_init", streams, "HC/mHC runs"))
+    out.append(paper_constant("expansion_rate", "Expansion rate n", "n", streams, "HC/mHC runs"))
 
     # Stream collapse: open in the mHC paper (every mHC run states ours); HC's Algorithm 1 sums.
     def collapse(r: EffectiveRun) -> str:
