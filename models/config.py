@@ -95,8 +95,9 @@ class ConnectionConfig:
     sinkhorn_eps: float = 0.0  # added to every Sinkhorn denominator
 
     # ---- kernels and memory ----
-    # "auto": fused Triton kernels on CUDA, PyTorch reference elsewhere; "reference"; "triton".
-    kernels: Literal["auto", "reference", "triton"] = "auto"
+    # "auto": fused Triton kernels on CUDA, fused C++ kernels on a float32 CPU state (when a C++ compiler is there),
+    # the PyTorch reference elsewhere; "reference"; "triton"; "cpu" (models/kernels/__init__.py).
+    kernels: Literal["auto", "reference", "triton", "cpu"] = "auto"
     # Block recomputation (paper section 4.3.2, Table 3): keep only the first stream state of every block of
     # `recompute_layers` sub-layers and recompute the connection intermediates in backward.
     # 0 = off; -1 = the paper's optimum L_r* = round(sqrt(n L / (n + 2))) with L the number of sub-layers.
@@ -279,8 +280,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
         )
     if conn.arch == "mhc" and conn.kernels == "triton" and not (conn.learn_res and conn.learn_pre and conn.learn_post):
         raise ConfigError("connection.kernels='triton' needs every mHC mapping learned (learn_res/pre/post = true)")
-    if conn.kernels not in ("auto", "reference", "triton"):
-        raise ConfigError(f"connection.kernels: {conn.kernels!r} is not one of ['auto', 'reference', 'triton']")
+    if conn.kernels not in ("auto", "reference", "triton", "cpu"):
+        raise ConfigError(f"connection.kernels: {conn.kernels!r} is not one of ['auto', 'reference', 'triton', 'cpu']")
     if conn.recompute_layers < -1:
         raise ConfigError(f"connection.recompute_layers must be -1 (auto), 0 (off) or > 0, got {conn.recompute_layers}")
     if conn.sinkhorn_iters < 1:

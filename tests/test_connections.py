@@ -85,10 +85,11 @@ def test_forward_applies_the_computed_H_res(monkeypatch):
     conn = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=3), dim=4, index=0)
     perm = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     x = torch.randn(2, 3, 4)
+    # coefficients_from is what every kernel path (fused or not) turns the projection into the mappings with
     monkeypatch.setattr(
         conn,
-        "mappings",
-        lambda s: (torch.ones(2, 3), torch.zeros(2, 3), perm.expand(2, 3, 3)),
+        "coefficients_from",
+        lambda hh, inv, ops: (torch.ones(2, 3), torch.zeros(2, 3), perm.expand(2, 3, 3)),
     )
     out = conn(x, lambda u: torch.full_like(u, 1e3))
     torch.testing.assert_close(out, x[:, [2, 0, 1]])

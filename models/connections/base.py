@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -122,11 +123,34 @@ def grad_norm(*parts: torch.Tensor | None) -> float | None:
 
 class StreamConnection(Connection):
     """Shared machinery of the n-stream variants (HC, mHC): replicate at entry, sum/mean at exit,
-    and the update x_{l+1} = H_res x_l + H_post^T F(H_pre x_l) with coefficients from `mappings`."""
+    and the update x_{l+1} = H_res x_l + H_post^T F(H_pre x_l) with coefficients from `mappings`.
+
+    A variant whose coefficients are a function of one projection of the state, hh = x @ W with the state's RMS
+    (mHC: all n streams flattened, one RMS per token; HC: each stream, one RMS per stream), says so through
+    `projection` and `coefficients_from`; `mappings` then composes them, and a kernel backend that fuses the whole
+    pre-sub-layer step (`ops.stream_pre`, the CPU kernels) runs the same two functions inside one autograd node."""
+
+    def projection(self) -> tuple[torch.Tensor, bool] | None:
+        """(W, per_stream) of the projection the coefficients are computed from, or None when they are not."""
+        return None
+
+    def coefficients_from(self, hh: torch.Tensor, inv_rms: torch.Tensor, ops: ModuleType):
+        """(H_pre, H_post, H_res) from the projection hh and the RMS inverse (per token, or per stream)."""
+        raise NotImplementedError
+
+    def coefficient_params(self) -> list[torch.Tensor]:
+        """The parameters `coefficients_from` uses (besides its arguments)."""
+        return []
 
     def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: [..., n, C] -> float32 (H_pre [..., n], H_post [..., n], H_res [..., n, n]), per token."""
-        raise NotImplementedError
+        projection = self.projection()
+        if projection is None:
+            raise NotImplementedError
+        weight, per_stream = projection
+        ops = get_ops(self.cfg.kernels, x.device, x.dtype)
+        hh, inv_rms = ops.proj_rms(x if per_stream else x.flatten(-2), weight, self.norm_eps)
+        return self.coefficients_from(hh, inv_rms, ops)
 
     # Set by the model for each forward pass when block recomputation is on: (block, position in block).
     recompute_slot: tuple | None = None
@@ -137,13 +161,25 @@ class StreamConnection(Connection):
 
             block, k = self.recompute_slot
             return recomputed_forward(self, state, sublayer, block, k)
-        ops = get_ops(self.cfg.kernels, state.device)
+        ops = get_ops(self.cfg.kernels, state.device, state.dtype)
         # Autocast would run the coefficient matmuls and the stream mixes in bf16 and re-round the residual
         # streams every sub-layer (the baseline's `x + F(x)` stays float32): keep it for F only.
         with connection_ops(state.device.type):
-            H_pre, H_post, H_res = self.mappings(state)
+            projection = self.projection() if hasattr(ops, "stream_pre") else None
+            if projection is not None:
+                weight, per_stream = projection
+                u, H_pre, H_post, H_res = ops.stream_pre(
+                    state,
+                    weight,
+                    self.norm_eps,
+                    per_stream,
+                    lambda hh, inv_rms: self.coefficients_from(hh, inv_rms, ops),
+                    self.coefficient_params(),
+                )
+            else:
+                H_pre, H_post, H_res = self.mappings(state)
+                u = ops.pre_mix(state, H_pre)
             self._keep(state, H_pre, H_post, H_res)
-            u = ops.pre_mix(state, H_pre)
         y = sublayer(u)
         with connection_ops(state.device.type):
             return ops.post_res_mix(state, H_res, H_post, y)

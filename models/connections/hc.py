@@ -68,38 +68,64 @@ class HyperConnection(StreamConnection):
         if self.dynamic:
             self.norm.weight.fill_(1.0)
 
-    def _dynamic(self, normed: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        z = normed @ weight.float()
-        return scale.float() * (torch.tanh(z) if self.cfg.hc_tanh else z)
+    def projection(self) -> tuple[torch.Tensor, bool] | None:
+        """The dynamic weights of every learned mapping as one projection of each stream: RMSNorm(x_j) @ W =
+        (x_j @ (w * W)) / rms(x_j) with the norm weight w folded into W, so the state is read by one matmul and one
+        norm reduction instead of being normalised into a copy first. None for static HC."""
+        if not self.dynamic:
+            return None
+        parts = [getattr(self, f"dynamic_{m}").float() for m in self._learned()]  # [C, 1], [C, n], [C]
+        weight = torch.cat([p if p.dim() == 2 else p.unsqueeze(-1) for p in parts], dim=-1)
+        return weight * self.norm.weight.float().unsqueeze(-1), True
+
+    def _learned(self) -> list[str]:
+        cfg = self.cfg
+        return [m for m, on in (("pre", cfg.learn_pre), ("res", cfg.learn_res), ("post", cfg.learn_post)) if on]
+
+    def coefficients_from(self, hh: torch.Tensor, inv_rms: torch.Tensor, ops=None):
+        z = hh * inv_rms.unsqueeze(-1)  # [..., n, M]: row j from stream j
+        if self.cfg.hc_tanh:
+            z = torch.tanh(z)
+        names = self._learned()
+        terms = dict(zip(names, z.split([self.cfg.n if m == "res" else 1 for m in names], dim=-1), strict=True))
+        return self._assemble(hh.shape[:-2], hh.device, terms)
+
+    def coefficient_params(self) -> list[torch.Tensor]:
+        names = ("static_pre", "static_res", "static_post", "dynamic_alpha_scale", "dynamic_beta_scale")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
 
     def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cfg, n = self.cfg, self.cfg.n
-        batch = x.shape[:-2]
-        normed = self.norm(x.float()) if self.dynamic else None  # [..., n, C], per stream
+        if self.dynamic:
+            return super().mappings(x)
+        return self._assemble(x.shape[:-2], x.device, {})
 
+    def _assemble(
+        self, batch: torch.Size, device: torch.device, dynamic: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """H = static + scale * dynamic term for each learned mapping, the fixed form for the others; `dynamic` has
+        the unscaled terms ("pre", "post": [..., n, 1]; "res": [..., n, n], row j from stream j, as A_r)."""
+        cfg, n = self.cfg, self.cfg.n
         if cfg.learn_pre:
-            a_m = self.static_pre.float().expand(*batch, n)
-            if self.dynamic:
-                a_m = a_m + self._dynamic(normed, self.dynamic_pre, self.dynamic_alpha_scale).squeeze(-1)
-            H_pre = a_m
+            H_pre = self.static_pre.float().expand(*batch, n)
+            if dynamic:
+                H_pre = H_pre + self.dynamic_alpha_scale.float() * dynamic["pre"].squeeze(-1)
         else:
-            H_pre = x.new_full((*batch, n), 1.0 / n, dtype=torch.float32)
+            H_pre = torch.full((*batch, n), 1.0 / n, device=device)
 
         if cfg.learn_res:
             a_r = self.static_res.float().expand(*batch, n, n)
-            if self.dynamic:
-                a_r = a_r + self._dynamic(normed, self.dynamic_res, self.dynamic_alpha_scale)
+            if dynamic:
+                a_r = a_r + self.dynamic_alpha_scale.float() * dynamic["res"]
             H_res = a_r.transpose(-1, -2)
         else:
-            H_res = torch.eye(n, device=x.device).expand(*batch, n, n)
+            H_res = torch.eye(n, device=device).expand(*batch, n, n)
 
         if cfg.learn_post:
-            b = self.static_post.float().expand(*batch, n)
-            if self.dynamic:
-                b = b + self._dynamic(normed, self.dynamic_post.unsqueeze(-1), self.dynamic_beta_scale).squeeze(-1)
-            H_post = b
+            H_post = self.static_post.float().expand(*batch, n)
+            if dynamic:
+                H_post = H_post + self.dynamic_beta_scale.float() * dynamic["post"].squeeze(-1)
         else:
-            H_post = x.new_ones((*batch, n), dtype=torch.float32)
+            H_post = torch.ones((*batch, n), device=device)
         return H_pre, H_post, H_res
 
     def mapping_grad_norms(self) -> dict[str, float | None]:

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ..config import ConnectionConfig
-from ..kernels import get_ops
 from ..kernels.reference import proj_rms
 from ..kernels.sinkhorn import sinkhorn_fast
 from .base import StreamConnection, grad_norm
@@ -65,14 +64,22 @@ class ManifoldHyperConnection(StreamConnection):
                 bias["post"][own] = 1.0
         self.bias.copy_(torch.cat([bias[m].flatten() for m in self.learned]))
 
+    def projection(self) -> tuple[torch.Tensor, bool] | None:
+        return (self.phi, False) if len(self.learned) == 3 else None  # (a) Eq. 14-15: all streams flattened
+
+    def coefficients_from(self, hh: torch.Tensor, inv_rms: torch.Tensor, ops):
+        cfg = self.cfg
+        return ops.coefficients(  # (b)+(c) Eq. 16-19
+            hh, inv_rms, self.alpha, self.bias, cfg.n, cfg.sinkhorn_iters, cfg.pre_eps, cfg.sinkhorn_eps
+        )
+
+    def coefficient_params(self) -> list[torch.Tensor]:
+        return [self.alpha, self.bias]
+
     def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg, n = self.cfg, self.cfg.n
         if len(self.learned) == 3:
-            ops = get_ops(cfg.kernels, x.device)
-            hh, inv_rms = ops.proj_rms(x.flatten(-2), self.phi, self.norm_eps)  # (a) Eq. 14-15
-            return ops.coefficients(  # (b)+(c) Eq. 16-19
-                hh, inv_rms, self.alpha, self.bias, n, cfg.sinkhorn_iters, cfg.pre_eps, cfg.sinkhorn_eps
-            )
+            return super().mappings(x)
         # Some mappings fixed (Table 1 switches): the same equations on the learned ones, in PyTorch.
         hh, inv_rms = proj_rms(x.flatten(-2), self.phi, self.norm_eps)
         h = hh * inv_rms.unsqueeze(-1)

@@ -50,7 +50,7 @@ class RecomputeBlock:
                 for ref in self.posts[:-1]:
                     ctx = ref()
                     H_res, H_post, y = ctx.saved_tensors
-                    states.append(get_ops(ctx.backend, x.device).post_res_mix(states[-1], H_res, H_post, y))
+                    states.append(get_ops(ctx.backend, x.device, x.dtype).post_res_mix(states[-1], H_res, H_post, y))
             self.states = states
         return self.states[k]
 
@@ -64,7 +64,7 @@ class _Pre(torch.autograd.Function):
         ctx.conn, ctx.block, ctx.k = conn, block, k
         H_pre, H_post, H_res = conn.mappings(x)
         conn._keep(x, H_pre, H_post, H_res)
-        u = get_ops(conn.cfg.kernels, x.device).pre_mix(x, H_pre)
+        u = get_ops(conn.cfg.kernels, x.device, x.dtype).pre_mix(x, H_pre)
         if k == 0:
             ctx.save_for_backward(x)  # the only stream state the block stores
             block.first_pre = weakref.ref(ctx)
@@ -78,7 +78,7 @@ class _Pre(torch.autograd.Function):
         params = [p for p in conn.parameters()]
         with torch.enable_grad():
             H_pre, H_post, H_res = conn.mappings(x)
-            u = get_ops(conn.cfg.kernels, x.device).pre_mix(x, H_pre)
+            u = get_ops(conn.cfg.kernels, x.device, x.dtype).pre_mix(x, H_pre)
             outs, grads = [], []
             for out, g in ((u, g_u), (H_post, g_post), (H_res, g_res)):
                 if g is not None and out.requires_grad:
@@ -98,7 +98,7 @@ class _Post(torch.autograd.Function):
         ctx.block, ctx.k, ctx.backend = block, k, backend
         ctx.save_for_backward(H_res, H_post, y)
         block.posts.append(weakref.ref(ctx))
-        return get_ops(backend, x.device).post_res_mix(x, H_res, H_post, y)
+        return get_ops(backend, x.device, x.dtype).post_res_mix(x, H_res, H_post, y)
 
     @staticmethod
     def backward(ctx, g_out):
@@ -106,7 +106,7 @@ class _Post(torch.autograd.Function):
         x = ctx.block.state(ctx.k).detach().requires_grad_()
         leaves = [t.detach().requires_grad_() for t in (H_res, H_post, y)]
         with torch.enable_grad():
-            out = get_ops(ctx.backend, x.device).post_res_mix(x, *leaves)
+            out = get_ops(ctx.backend, x.device, x.dtype).post_res_mix(x, *leaves)
             gx, gr, gp, gy = torch.autograd.grad(out, [x, *leaves], g_out)
         return gx, gr, gp, gy, None, None, None
 

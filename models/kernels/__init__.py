@@ -1,10 +1,12 @@
-"""mHC ops behind one dispatch: fused Triton kernels or their pure-PyTorch references.
+"""mHC ops behind one dispatch: fused kernels (Triton on CUDA, C++ on the CPU) or their PyTorch references.
 
 `connection.kernels` selects the backend:
-- "auto" (default): Triton on CUDA tensors, the reference everywhere else;
+- "auto" (default): Triton on CUDA tensors, the fused CPU kernels on float32 CPU tensors when a C++ compiler is
+  on the PATH, the reference everywhere else;
 - "reference": always the PyTorch reference;
 - "triton": always Triton. On the CPU this needs TRITON_INTERPRET=1 (Triton's interpreter; how the parity
-  tests run in CI) and is an error without it.
+  tests run in CI) and is an error without it;
+- "cpu": always the fused CPU kernels (`cpu_ops`; compiled on first use, so it needs a C++ compiler).
 A failing kernel raises; nothing falls back silently.
 """
 
@@ -12,23 +14,38 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from types import ModuleType
 
 import torch
 
 from . import reference
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "cpu")
 
 
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def get_ops(backend: str, device: torch.device) -> ModuleType:
-    """The module holding `proj_rms`, `coefficients`, `pre_mix`, `post_res_mix` for this backend/device."""
+def cpu_compiler_available() -> bool:
+    """Whether the fused CPU kernels can be built here (torch's extension builder uses $CXX, else c++)."""
+    return shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+def get_ops(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> ModuleType:
+    """The module holding `proj_rms`, `coefficients`, `pre_mix`, `post_res_mix` for this backend, device and
+    activation dtype."""
     if backend not in BACKENDS:
         raise ValueError(f"connection.kernels: {backend!r} is not one of {list(BACKENDS)}")
+    if backend == "cpu" or (
+        backend == "auto" and device.type == "cpu" and dtype == torch.float32 and cpu_compiler_available()
+    ):
+        if device.type != "cpu":
+            raise RuntimeError(f"connection.kernels='cpu' on a {device.type} tensor; use 'auto' or 'triton'")
+        from . import cpu_ops
+
+        return cpu_ops
     if backend == "reference" or (backend == "auto" and (device.type != "cuda" or not triton_available())):
         return reference
     if not triton_available():
