@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from models.allocator import keep_freed_memory
 from models.checkpoint import atomic_write_text
 from models.config import ConfigError, ModelConfig, from_dict, merge_overrides, to_dict, validate_model_config
 from models.diagnostics import saved_activation_bytes
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (a free GPU of this machine, else the CPU), cpu, cuda")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py)
     try:
         device = torch.device(resolve_device(args.device))
         overrides = json.loads(args.model_overrides)

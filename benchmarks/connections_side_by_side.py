@@ -6,11 +6,12 @@
 One small pre-norm transformer (RMSNorm, causal SDPA attention with 4 heads, SwiGLU FFN of width 8/3 x dim, an
 untied head), whose residual connection alone is swapped: the plain residual (the reference of every ratio),
 lucidrains' HyperConnections and mHC (`pip install hyper-connections==0.4.11`; left out with a note when it is not
-installed) and this suite's HC and mHC connections (models/connections, kernels `auto`), all with n = 4 streams
-and the same branch modules. Forward + backward + AdamW step on random tokens, fp32, median over `--steps` after
-3 warm-up steps, the variants round-robin so that drift in machine load hits all alike. Then the same ratios for
-this suite's whole model at a registry scale (`--scale`, the default tier's), where they are what a tier pays.
-Prints a markdown table for BENCHMARKS.md.
+installed) and this suite's HC and mHC connections (models/connections) on the PyTorch reference ops and on the
+fused CPU kernels (kernels 'reference' and 'cpu'), all with n = 4 streams and the same branch modules. Forward +
+backward + AdamW step on random tokens, fp32, median over `--steps` after 3 warm-up steps, the variants
+round-robin so that drift in machine load hits all alike. Then the same ratios for this suite's whole model at a
+registry scale (`--scale`, the default tier's), where they are what a tier pays. Prints a markdown row for
+BENCHMARKS.md, and the time the fused kernels took to load (compiled, or from their cache).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.measure import machine
+from models.allocator import keep_freed_memory
 from models.config import ConnectionConfig
 from models.connections import build_connection
+from models.kernels import cpu_ops
 from models.registry import get_scale, model_config
 from models.transformer import Transformer
 
@@ -80,8 +83,8 @@ class Net(nn.Module):
             init, self.expand, self.reduce = make(N_STREAMS, dim=dim)
             self.hcs = nn.ModuleList(init(branch=b, layer_index=i) for i, b in enumerate(branches))
         else:
-            arch = kind.removeprefix("ours-")
-            self.cfg = ConnectionConfig(arch=arch, n=N_STREAMS)
+            _, arch, kernels = kind.split("-")  # ours-{hc,mhc}-{reference,cpu}
+            self.cfg = ConnectionConfig(arch=arch, n=N_STREAMS, kernels=kernels)
             self.branches = nn.ModuleList(branches)
             self.connections = nn.ModuleList(build_connection(self.cfg, dim, i, 1e-6) for i in range(len(branches)))
             for connection in self.connections:
@@ -140,7 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", default="cpu-dense-d8", help="registry scale for the whole-model ratios")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    kinds = ["residual", "ours-hc", "ours-mhc"]
+    keep_freed_memory()  # as models.train does: the allocator's page faults are not the connections' cost
+    start = time.perf_counter()
+    cpu_ops.extension()
+    load_seconds = time.perf_counter() - start
+    kinds = ["residual", "ours-hc-reference", "ours-mhc-reference", "ours-hc-cpu", "ours-mhc-cpu"]
     if importlib.util.find_spec("hyper_connections") is not None:
         kinds[1:1] = ["lucidrains-hc", "lucidrains-mhc"]
     else:
@@ -157,13 +164,20 @@ def main(argv: list[str] | None = None) -> None:
     batch, seq = scale.train.batch_size, scale.train.seq_len
     scale_tokens = torch.randint(0, scale.model.vocab_size, (batch, seq + 1))
     steps = {}
-    for arch in ("baseline", "hc", "mhc"):
+    for arch, kernels in (
+        ("baseline", "auto"),
+        ("hc", "reference"),
+        ("mhc", "reference"),
+        ("hc", "cpu"),
+        ("mhc", "cpu"),
+    ):
         torch.manual_seed(0)
-        model = Transformer(model_config(args.scale, arch))
-        steps[arch] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), scale_tokens)
+        model = Transformer(model_config(args.scale, arch, kernels=kernels))
+        name = arch if arch == "baseline" else f"{arch}-{kernels}"
+        steps[name] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), scale_tokens)
     whole = round_robin(steps, args.steps)
 
-    print(f"{machine()}, {args.threads} thread(s)")
+    print(f"{machine()}, {args.threads} thread(s); fused CPU kernels loaded in {load_seconds:.1f} s")
     shape = f"dim {args.dim}, {args.blocks} blocks, batch {args.batch} x {args.seq}"
     print(f"small transformer ({shape}), forward + backward + AdamW, median of {args.steps}:")
     for kind, ms in small.items():
@@ -172,12 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     for arch, ms in whole.items():
         print(f"  {arch:16s} {ms:8.1f} ms   / baseline {ms / whole['baseline']:.2f}")
     ratio = {kind: f"{ms / small['residual']:.2f}" for kind, ms in small.items()}
+    big = {name: f"{ms / whole['baseline']:.2f}" for name, ms in whole.items()}
     print("markdown row:")
     print(
         f"| {datetime.date.today()} | {machine()} | {args.threads} | {shape} | "
-        f"{ratio.get('lucidrains-hc', 'n/a')} | {ratio.get('lucidrains-mhc', 'n/a')} | {ratio['ours-hc']} | "
-        f"{ratio['ours-mhc']} | {args.scale} | {whole['hc'] / whole['baseline']:.2f} | "
-        f"{whole['mhc'] / whole['baseline']:.2f} |"
+        f"{ratio.get('lucidrains-hc', 'n/a')} | {ratio.get('lucidrains-mhc', 'n/a')} | "
+        f"{ratio['ours-hc-reference']} | {ratio['ours-mhc-reference']} | {ratio['ours-hc-cpu']} | "
+        f"{ratio['ours-mhc-cpu']} | {args.scale} | {big['hc-reference']} | {big['mhc-reference']} | "
+        f"{big['hc-cpu']} | {big['mhc-cpu']} |"
     )
 
 

@@ -6,14 +6,16 @@ For each C in --dims (the 3B / 9B / 27B widths) and each op -- (a) proj_rms, (b+
 Sinkhorn, (d) pre_mix, (e) post_res_mix, and the whole mHC connection around an identity F -- it times
 forward + backward (random upstream gradients) of:
   eager     the pure-PyTorch reference (models/kernels/reference.py)
-  compile   torch.compile of the same reference (CUDA by default; --compile to force on the CPU)
-  fused     our Triton kernels (CUDA only)
+  compile   torch.compile of the same reference (CUDA by default; --compile to force on the CPU, where it is
+            Inductor's C++ backend)
+  fused     our Triton kernels on CUDA; on the CPU our C++ kernels (models/kernels/cpu_ops.py; the whole
+            connection then also runs the fused pre-sub-layer node)
   liger     Liger-Kernel's LigerMHC (whole connection only; CUDA and `pip install liger-kernel`)
 and prints time, the achieved bytes/s under a minimal-traffic model of each op (every input read once,
 every output written once, forward and backward), the fraction of the device's memory bandwidth, and the
 ratios of the fused path to eager / compile / liger. Activations are bf16 on CUDA and fp32 on the CPU;
-coefficients fp32. On the CPU only the reference path runs. Finally the whole-model step-time ratio
-mHC / baseline is measured with `benchmarks.step_time`.
+coefficients fp32. The first call's time (compilation) of torch.compile and of the C++ kernels is printed.
+Finally the whole-model step-time ratio mHC / baseline is measured with `benchmarks.step_time`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from models.config import ConnectionConfig
 from models.connections import ManifoldHyperConnection
-from models.kernels import reference
+from models.kernels import cpu_compiler_available, reference
 
 from . import step_time
 
@@ -82,6 +84,10 @@ def op_cases(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
             from models.kernels import triton_ops
 
             out["fused"] = getattr(triton_ops, name)
+        elif cpu_compiler_available():
+            from models.kernels import cpu_ops
+
+            out["fused"] = getattr(cpu_ops, name)
         return out
 
     yield (
@@ -113,7 +119,8 @@ def op_cases(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
 def layer_case(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
     """The whole mHC connection around F = identity, per backend."""
     impls: dict[str, Callable] = {}
-    backends = ["reference"] + (["triton"] if device.type == "cuda" else [])
+    fused = "triton" if device.type == "cuda" else ("cpu" if cpu_compiler_available() else None)
+    backends = ["reference"] + ([fused] if fused else [])
     for backend in backends:
         conn = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=n, kernels=backend), C, 0, 1e-6).to(device)
         impls["eager" if backend == "reference" else "fused"] = partial(conn, sublayer=torch.nn.Identity())
@@ -152,22 +159,32 @@ def main(argv: list[str] | None = None) -> None:
     act = torch.bfloat16 if cuda else torch.float32
     peak = peak_bandwidth(device)
     print(f"device: {step_time.machine()}; tokens={T}, n={args.n}, activations {act}, coefficients float32")
-    if not cuda:
-        print("NOTE: the fused Triton path needs CUDA; on this machine only the PyTorch reference is timed "
-              "(the CPU runs the Triton kernels only in the interpreter, for the parity tests).")  # fmt: skip
+    if not cuda and cpu_compiler_available():
+        from models.kernels import cpu_ops
+
+        start = time.perf_counter()
+        cpu_ops.extension()
+        print(f"fused = the C++ CPU kernels (loaded in {time.perf_counter() - start:.1f} s, built or from the cache)")
+    compile_notes: list[str] = []
     print("| C | op | impl | ms (fwd+bwd) | GB/s | of peak | fused speed-up |")
     print("|---|---|---|---|---|---|---|")
     for C in args.dims:
         cases = list(op_cases(T, args.n, C, act, device)) + [layer_case(T, args.n, C, act, device)]
         for name, impls, make_inputs, nbytes in cases:
             if cuda or args.compile:
-                impls = dict(impls, compile=torch.compile(impls["eager"]))
+                compiled = torch.compile(impls["eager"])
+                start = time.perf_counter()
+                time_fwd_bwd(compiled, make_inputs, device, 0, 1)  # compiles forward and backward
+                seconds = time.perf_counter() - start
+                compile_notes.append(f"torch.compile of {name} at C={C}: first call {seconds:.1f} s")
+                impls = dict(impls, compile=compiled)
             timings = {impl: time_fwd_bwd(fn, make_inputs, device, 2, iters) for impl, fn in impls.items()}
             for impl, sec in timings.items():
                 frac = f"{nbytes / sec / peak:.1%}" if peak else "n/a"
                 speedup = f"{sec / timings['fused']:.2f}x" if "fused" in timings and impl != "fused" else ""
                 print(f"| {C} | {name} | {impl} | {sec * 1e3:.3f} | {nbytes / sec / 1e9:.1f} | {frac} | {speedup} |")
 
+    print("\n".join(compile_notes))
     scale = args.model_scale or ("gpu-s" if cuda else "tiny")
     print(f"\nwhole-model forward+backward step time ({scale}):")
     step_time.main(["--scale", scale, "--device", str(device), "--steps", "10"] + (["--seq", "1024"] if cuda else []))

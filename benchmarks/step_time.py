@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.measure import machine  # noqa: F401 - re-exported for the other benchmark scripts
+from models.allocator import keep_freed_memory
 from models.registry import model_config
 from models.transformer import Transformer
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py)
 
     device = torch.device(args.device)
     models = {}

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from .allocator import keep_freed_memory
 from .checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -61,6 +62,7 @@ from .config import (
     to_dict,
     validate_model_config,
 )
+from .connections import StreamConnection
 from .data import (
     HF_PREFIX,
     DataError,
@@ -74,6 +76,7 @@ from .data import (
 from .data import TokenLoader as _TokenLoader
 from .diagnostics import amax_gain, capture_mappings, mechanism_curves, residual_maps_with
 from .gpu_slots import GpuSlotError, resolve_device
+from .kernels import get_ops
 from .registry import get_scale
 from .transformer import Transformer
 
@@ -385,7 +388,8 @@ class Trainer:
     # ---- files -------------------------------------------------------------------------------------
     def write_status(self, status: str, reason: str = "", **extra: Any) -> None:
         if self.dist.main:
-            payload = {"status": status, "reason": reason, "step": self.step, "updated": time.time(), **extra}
+            payload = {"status": status, "reason": reason, "step": self.step, "updated": time.time()}
+            payload.update(self.kernel_info, **extra)
             atomic_write_text(self.out / "status.json", json.dumps(payload, indent=1) + "\n")
 
     def _trim_log(self, name: str) -> None:
@@ -535,9 +539,24 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         return loss_sum.item(), grad_norm.item()
 
+    kernel_info: dict[str, Any] = {}
+
+    def _load_kernels(self) -> None:
+        """Record which connection ops this run uses, and load the fused CPU kernels now: their first build (a
+        C++ compile, then cached) is timed here instead of inside the first step's step_time_s."""
+        if not issubclass(self.model.connection_cls, StreamConnection):
+            return
+        ops = get_ops(self.model_cfg.connection.kernels, self.device)
+        self.kernel_info = {"kernels": ops.BACKEND}
+        if hasattr(ops, "extension"):
+            start = time.perf_counter()
+            ops.extension()
+            self.kernel_info["kernel_load_s"] = round(time.perf_counter() - start, 2)
+
     def run(self) -> int:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self._load_kernels()
         self.write_status("running", resumed_from=self.step or None)
         tracker = None
         try:
@@ -779,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         "writes it",
     )
     args = parser.parse_args(argv)
+    keep_freed_memory()  # no page faults on every step's fresh activations (models/allocator.py)
     # A SIGTERM (preemption, torchrun tearing down, a timeout) becomes an exception, so status.json says failed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"terminated by signal {signum}"))
     try:

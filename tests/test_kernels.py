@@ -184,10 +184,12 @@ def test_fused_cpu_connection_step_matches_reference(arch, n):
     the reference's output and gradients, the parameters' included."""
     ref_out, ref_grads = _connection_grads(arch, n, "reference")
     out, grads = _connection_grads(arch, n, "cpu")
-    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-5 * ref_out.abs().max().item(), rtol=1e-5)
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
-        torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+        # float32 rounding of sums over the projection's terms: relative to the gradient's own scale
+        scale = ref_grads[name].abs().max().item()
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-5 * scale, rtol=1e-5, msg=name)
         assert g.abs().max() > 0, name
 
 

@@ -69,6 +69,9 @@ def test_cli_run_writes_every_field_and_val_loss_falls(tmp_path, shards, arch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "completed"
+    # which connection ops ran (the fused CPU kernels on this float32 CPU run), and their load time
+    assert status.get("kernels") == (None if arch == "baseline" else "cpu")
+    assert (arch == "baseline") == ("kernel_load_s" not in status)
     records = metrics(out)
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 17))

@@ -168,7 +168,8 @@ class StreamConnection(Connection):
             projection = self.projection() if hasattr(ops, "stream_pre") else None
             if projection is not None:
                 weight, per_stream = projection
-                u, H_pre, H_post, H_res = ops.stream_pre(
+                # `state` comes back through the fused node, which then also receives the post-mix's gradient
+                u, H_pre, H_post, H_res, state = ops.stream_pre(
                     state,
                     weight,
                     self.norm_eps,

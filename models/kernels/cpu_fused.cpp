@@ -176,6 +176,101 @@ void pre_mix_bwd_accumulate(torch::Tensor dx, torch::Tensor du, torch::Tensor x,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The projection of the state and its RMS (the fused pre step's forward), and the state's whole gradient (its
+// backward). A token's state is n x C floats; it is projected either as one row of nC (mHC: R = 1) or as n rows
+// of C (HC, per stream: R = n). wt is the projection transposed, [M, K] with K the row length, M padded by the
+// caller to a multiple of kBlockM with zero rows.
+// ---------------------------------------------------------------------------------------------------------------
+
+constexpr int kBlockM = 8;  // projection outputs accumulated at once (vector registers)
+
+// hh[t, r, m] = <row r of x_t, wt[m]>, sumsq[t, r] = <row r, row r>
+std::vector<torch::Tensor> stream_project(torch::Tensor x, torch::Tensor wt, bool per_stream) {
+  check(x, "x");
+  check(wt, "weight");
+  const int64_t n = x.size(-2), C = x.size(-1), T = x.numel() / (n * C);
+  const int64_t R = per_stream ? n : 1, K = per_stream ? C : n * C, M = wt.size(0);
+  TORCH_CHECK(wt.size(1) == K && M % kBlockM == 0, "stream_project: weight must be [M (multiple of 8), K]");
+  auto hh = torch::empty({T, R, M}, x.options());
+  auto sumsq = torch::empty({T, R}, x.options());
+  const float *X = x.data_ptr<float>(), *W = wt.data_ptr<float>();
+  float *HH = hh.data_ptr<float>(), *SS = sumsq.data_ptr<float>();
+  at::parallel_for(0, T * R, kGrain, [=](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = X + r * K;
+      float* out = HH + r * M;
+      Vec sq(0.f);
+      int64_t tail = K - K % kLanes;
+      for (int64_t m0 = 0; m0 < M; m0 += kBlockM) {
+        Vec acc[kBlockM];
+        for (int b = 0; b < kBlockM; ++b) acc[b] = Vec(0.f);
+        for (int64_t k = 0; k < tail; k += kLanes) {
+          const Vec v = Vec::loadu(row + k);
+          if (m0 == 0) sq = at::vec::fmadd(v, v, sq);
+          for (int b = 0; b < kBlockM; ++b) acc[b] = at::vec::fmadd(v, Vec::loadu(W + (m0 + b) * K + k), acc[b]);
+        }
+        for (int b = 0; b < kBlockM; ++b) {
+          float s = lane_sum(acc[b]);
+          for (int64_t k = tail; k < K; ++k) s += row[k] * W[(m0 + b) * K + k];
+          out[m0 + b] = s;
+        }
+      }
+      float s = lane_sum(sq);
+      for (int64_t k = tail; k < K; ++k) s += row[k] * row[k];
+      SS[r] = s;
+    }
+  });
+  return {hh, sumsq};
+}
+
+// dx[t, j, c] = d_state[t, j, c] + sum_m dhh[t, r(j), m] wt[m, off(j) + c] + H_pre[t, j] du[t, c] + k[t, j] x[t, j, c]:
+// the post-mix's gradient of the state, the projection's, the pre-mix's and the RMS term, in one pass.
+torch::Tensor stream_pre_dx(torch::Tensor d_state, torch::Tensor dhh, torch::Tensor wt, torch::Tensor du,
+                            torch::Tensor x, torch::Tensor h_pre, torch::Tensor k, bool per_stream) {
+  check(d_state, "d_state");
+  check(dhh, "dhh");
+  check(wt, "weight");
+  check(du, "du");
+  check(x, "x");
+  check(h_pre, "H_pre");
+  check(k, "k");
+  const int64_t n = x.size(-2), C = x.size(-1), T = x.numel() / (n * C);
+  const int64_t R = per_stream ? n : 1, K = per_stream ? C : n * C, M = dhh.size(-1);
+  TORCH_CHECK(wt.size(0) >= M && wt.size(1) == K, "stream_pre_dx: weight must be [>= M, K]");
+  auto dx = torch::empty_like(x);
+  const float *DS = d_state.data_ptr<float>(), *DHH = dhh.data_ptr<float>(), *W = wt.data_ptr<float>();
+  const float *G = du.data_ptr<float>(), *X = x.data_ptr<float>(), *H = h_pre.data_ptr<float>();
+  const float* Kc = k.data_ptr<float>();
+  float* DX = dx.data_ptr<float>();
+  const int64_t tail = C - C % kLanes;
+  at::parallel_for(0, T, kGrain, [=](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* gt = G + t * C;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t r = per_stream ? j : 0, off = per_stream ? 0 : j * C;
+        const float* d = DHH + (t * R + r) * M;
+        const float* xj = X + (t * n + j) * C;
+        const float* ds = DS + (t * n + j) * C;
+        float* o = DX + (t * n + j) * C;
+        const float h = H[t * n + j], kj = Kc[t * n + j];
+        for (int64_t c = 0; c < tail; c += kLanes) {
+          Vec acc = at::vec::fmadd(Vec(h), Vec::loadu(gt + c), Vec::loadu(ds + c));
+          acc = at::vec::fmadd(Vec(kj), Vec::loadu(xj + c), acc);
+          for (int64_t m = 0; m < M; ++m) acc = at::vec::fmadd(Vec(d[m]), Vec::loadu(W + m * K + off + c), acc);
+          acc.store(o + c);
+        }
+        for (int64_t c = tail; c < C; ++c) {
+          float acc = ds[c] + h * gt[c] + kj * xj[c];
+          for (int64_t m = 0; m < M; ++m) acc += d[m] * W[m * K + off + c];
+          o[c] = acc;
+        }
+      }
+    }
+  });
+  return dx;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // post_res_mix: out[i, c] = sum_j H_res[i, j] x[j, c] + H_post[i] y[c]
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -505,6 +600,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pre_mix_fwd", &pre_mix_fwd);
   m.def("pre_mix_bwd", &pre_mix_bwd);
   m.def("pre_mix_dh", &pre_mix_dh);
+  m.def("stream_project", &stream_project);
+  m.def("stream_pre_dx", &stream_pre_dx);
   m.def("pre_mix_bwd_accumulate", &pre_mix_bwd_accumulate);
   m.def("post_res_mix_fwd", &post_res_mix_fwd);
   m.def("post_res_mix_bwd", &post_res_mix_bwd);

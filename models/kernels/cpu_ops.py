@@ -38,7 +38,10 @@ from torch.autograd.function import once_differentiable
 
 from . import reference
 
+BACKEND = "cpu"  # the connection.kernels value that selects this module
+
 MAX_STREAMS = 8
+_BLOCK_M = 8  # projection outputs per block in the C++ kernel (kBlockM)
 
 # Compiler flags per ATen CPU capability: ATen's Vectorized<float> (used for the Sinkhorn lanes) picks its width
 # from these macros, the same ones torch.compile's C++ backend uses. Anything else builds the portable version.
@@ -98,15 +101,46 @@ def _float32(*tensors: torch.Tensor) -> None:
             )
 
 
+def _padded_transpose(weight: torch.Tensor) -> torch.Tensor:
+    """weight [K, M] -> [M', K], M' the next multiple of the projection kernel's block of outputs (zero rows)."""
+    M = weight.shape[1]
+    wt = torch.zeros(-(-M // _BLOCK_M) * _BLOCK_M, weight.shape[0], dtype=weight.dtype)
+    wt[:M] = weight.t()
+    return wt
+
+
+# Up to this many projection outputs (HC: n + 2) the C++ kernels project the state and build its gradient
+# faster than BLAS; mHC's n^2 + 2n = 24 outputs are faster as BLAS matmuls (measured, BENCHMARKS.md).
+_KERNEL_MAX_M = _BLOCK_M
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor, eps: float, per_stream: bool):
+    """hh [T, R, M], inv_rms [T, R] of the rows of x [T, n, C] (R = n rows of C, or one of nC), and the padded
+    transposed weight (None on the BLAS path): one function for `proj_rms` and `stream_pre`, so that both give
+    bitwise the same mappings (block recomputation rebuilds them with the former)."""
+    K = x.shape[-1] if per_stream else x.shape[-2] * x.shape[-1]
+    M = weight.shape[1]
+    if M > _KERNEL_MAX_M:
+        rows = x.view(-1, K)
+        hh = (rows @ weight).view(x.shape[0], -1, M)
+        sumsq = torch.linalg.vector_norm(rows, dim=-1).square().view(x.shape[0], -1)
+        wt = None
+    else:
+        wt = _padded_transpose(weight)
+        hh, sumsq = extension().stream_project(x, wt, per_stream)
+        hh = hh[..., :M]
+    return hh, torch.rsqrt(sumsq / K + eps), wt
+
+
 class _ProjRms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_flat: torch.Tensor, phi: torch.Tensor, eps: float):
-        x2 = x_flat.reshape(-1, x_flat.shape[-1])
-        hh = x2 @ phi
-        inv = torch.rsqrt(torch.linalg.vector_norm(x2, dim=-1).square() / x2.shape[-1] + eps)
+        x2 = x_flat.reshape(-1, x_flat.shape[-1]).contiguous()
+        hh, inv, _ = _project(x2.unsqueeze(1), phi, eps, per_stream=False)
+        inv = inv.view(-1)
         ctx.save_for_backward(x2, phi, inv)
         ctx.shape = x_flat.shape
-        return hh.view(*x_flat.shape[:-1], phi.shape[1]), inv.view(x_flat.shape[:-1])
+        return hh.reshape(*x_flat.shape[:-1], phi.shape[1]), inv.view(x_flat.shape[:-1])
 
     @staticmethod
     def backward(ctx, dhh: torch.Tensor, dinv: torch.Tensor):
@@ -213,32 +247,35 @@ class _StreamPre(torch.autograd.Function):
     """Everything a connection does before its sub-layer, as one autograd node: the projection and RMS of the
     state, the variant's coefficients (any differentiable function of (hh, inv_rms), run as a small graph of its
     own) and u = H_pre x. Its backward produces dx in one matmul and one pass (projection, RMS and pre-mix terms
-    together), where the separate ops leave three gradients of the state for autograd to add up."""
+    together), where the separate ops leave three gradients of the state for autograd to add up.
+
+    The state also leaves the node unchanged (the last output, the same storage): the connection hands that to the
+    post-mix, so the post-mix's gradient of the state arrives here too and is added by the matmul (addmm) instead
+    of by autograd in one more pass over the state."""
 
     @staticmethod
     def forward(ctx, x, weight, eps, per_stream, coefficients_fn, *params):
         n, C = x.shape[-2:]
         lead = x.shape[:-2]
         x = x.contiguous()
-        rows = x.view(-1, C) if per_stream else x.view(-1, n * C)
-        hh = rows @ weight
-        inv = torch.rsqrt(torch.linalg.vector_norm(rows, dim=-1).square() / rows.shape[-1] + eps)
+        M = weight.shape[1]
+        hh, inv, wt = _project(x, weight, eps, per_stream)
         group = (*lead, n) if per_stream else lead
         with torch.enable_grad():
-            hh_leaf = hh.view(*group, weight.shape[1]).detach().requires_grad_()
+            hh_leaf = hh.reshape(*group, M).detach().requires_grad_()
             inv_leaf = inv.view(group).detach().requires_grad_()
             outputs = coefficients_fn(hh_leaf, inv_leaf)
         H_pre = outputs[0].detach().contiguous()
         u = extension().pre_mix_fwd(x, H_pre)
-        ctx.save_for_backward(x, weight, inv, H_pre)
+        ctx.save_for_backward(x, weight if wt is None else wt, inv, H_pre)
         ctx.graph = (hh_leaf, inv_leaf, outputs, params)
-        ctx.per_stream = per_stream
-        return (u, *(o.detach() for o in outputs))
+        ctx.per_stream, ctx.M, ctx.blas = per_stream, M, wt is None
+        return (u, *(o.detach() for o in outputs), x.detach())
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, du, d_pre, d_post, d_res):
-        x, weight, inv, H_pre = ctx.saved_tensors
+    def backward(ctx, du, d_pre, d_post, d_res, d_state):
+        x, w, inv, H_pre = ctx.saved_tensors
         hh_leaf, inv_leaf, outputs, params = ctx.graph
         ctx.graph = None
         n, C = x.shape[-2:]
@@ -253,13 +290,19 @@ class _StreamPre(torch.autograd.Function):
         dinv = torch.zeros_like(inv_leaf) if grads[1] is None else grads[1]
         found = iter(grads[2:])
         dparams = [next(found) if p.requires_grad else None for p in params]
-        rows = x.view(-1, C) if ctx.per_stream else x.view(-1, n * C)
-        dhh = dhh.reshape(rows.shape[0], -1)
-        dx = (dhh @ weight.t()).view_as(x)
-        # inv = (mean(rows^2) + eps)^-1/2: d inv / d rows = -inv^3 rows / K, one factor per row (stream or token)
-        k = (dinv.reshape(-1) * inv.pow(3) / -rows.shape[-1]).view(*x.shape[:-2], -1).expand(*x.shape[:-1])
-        extension().pre_mix_bwd_accumulate(dx, du, x, H_pre, k.contiguous())
-        dweight = (dhh.t() @ rows).t() if ctx.needs_input_grad[1] else None
+        K = C if ctx.per_stream else n * C
+        # inv = (mean(row^2) + eps)^-1/2: d inv / d row = -inv^3 row / K, one factor per row (stream or token)
+        k = (dinv.reshape(-1) * inv.reshape(-1).pow(3) / -K).view(*x.shape[:-2], -1).expand(*x.shape[:-1])
+        dhh = dhh.contiguous()
+        if ctx.blas:  # the post-mix's gradient plus the projection's in one addmm, then the pre-mix and RMS terms
+            dx = torch.addmm(d_state.reshape(-1, K), dhh.view(-1, ctx.M), w.t()).view_as(x)
+            extension().pre_mix_bwd_accumulate(dx, du, x, H_pre, k.contiguous())
+        else:
+            dx = extension().stream_pre_dx(d_state.contiguous(), dhh, w, du, x, H_pre, k.contiguous(), ctx.per_stream)
+        dweight = None
+        if ctx.needs_input_grad[1]:
+            rows = x.view(-1, K)
+            dweight = (dhh.reshape(rows.shape[0], ctx.M).t() @ rows).t()  # faster than rows.t() @ dhh
         return (dx, dweight, None, None, None, *dparams)
 
 
@@ -270,18 +313,19 @@ def stream_pre(
     per_stream: bool,
     coefficients_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     params: Sequence[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(u, H_pre, H_post, H_res) for the state x [..., n, C], the same as
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(u, H_pre, H_post, H_res, x) for the state x [..., n, C], the same as
 
         hh, inv = proj_rms(x if per_stream else x.flatten(-2), weight, eps)
         H_pre, H_post, H_res = coefficients_fn(hh, inv)
         u = pre_mix(x, H_pre)
 
-    in one autograd node. `params` lists every tensor requiring grad that `coefficients_fn` uses besides its
-    arguments (their gradients are routed through this node)."""
+    in one autograd node; the returned x (same values and storage) is the state to hand to `post_res_mix`.
+    `params` lists every tensor requiring grad that `coefficients_fn` uses besides its arguments (their gradients
+    are routed through this node)."""
     if x.shape[-2] > MAX_STREAMS:
         hh, inv = reference.proj_rms(x if per_stream else x.flatten(-2), weight, eps)
         H_pre, H_post, H_res = coefficients_fn(hh, inv)
-        return reference.pre_mix(x, H_pre), H_pre, H_post, H_res
+        return reference.pre_mix(x, H_pre), H_pre, H_post, H_res, x
     _float32(x, weight)
     return _StreamPre.apply(x, weight, eps, per_stream, coefficients_fn, *params)

@@ -17,6 +17,8 @@ import torch
 
 from .sinkhorn import sinkhorn_fast
 
+BACKEND = "reference"  # the connection.kernels value that selects this module
+
 
 def proj_rms(x_flat: torch.Tensor, phi: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x_flat [..., nC] (any float dtype), phi [nC, M] -> (hh [..., M], inv_rms [...]) in float32."""

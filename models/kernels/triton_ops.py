@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+BACKEND = "triton"  # the connection.kernels value that selects this module
+
 
 def _p2(v: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(v))
