@@ -20,7 +20,8 @@ Mapping notes (what makes the two models the same function, checked at start-up)
     scores x route_scale); with `n_group = topk_group = 1` HF's group-limited routing is a no-op. HF's
     `e_score_correction_bias` and our `balance_bias` are both buffers, so they are not in the parameter counts.
   * HF stores the experts as stacked 3-D tensors and runs them with its `experts_implementation` (default
-    `grouped_mm` where torch supports it); ours loops over experts. `--hf-experts eager` picks HF's loop.
+    `grouped_mm` where torch supports it); ours keeps one module per expert and runs them all with grouped
+    matmuls too (models/moe.py). `--hf-experts eager` picks HF's per-expert loop.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from benchmarks.step_time import machine, step
+from models.allocator import keep_freed_memory
 from models.config import ModelConfig
 from models.moe import MoE
 from models.registry import model_config
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         help="HF experts_implementation (eager, batched_mm, grouped_mm; default: HF's choice)",
     )
     args = parser.parse_args(argv)
+    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py), for both models
 
     import transformers
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import models.moe
 from models.config import MoEConfig
 from models.moe import MoE
 
@@ -75,3 +77,103 @@ def test_no_load_counting_in_eval():
     moe = _moe().eval()
     moe(torch.randn(10, 12))
     assert moe.load.sum() == 0
+
+
+def _loop_forward(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The MoE forward as it was written before the experts ran as grouped matmuls: one Python iteration per
+    expert that received tokens. The reference the grouped forward must reproduce."""
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    ids, weights = moe.route(x)
+    counts = torch.bincount(ids.flatten(), minlength=moe.cfg.n_routed)
+    if moe.training:
+        moe.load += counts.to(moe.load.dtype)
+    out = torch.zeros_like(x)
+    for e, n_tokens in enumerate(counts.tolist()):
+        if n_tokens == 0:
+            continue
+        token, slot = torch.where(ids == e)
+        y = moe.experts[e](x[token]) * weights[token, slot, None].to(x.dtype)
+        out.index_add_(0, token, y)
+    if moe.shared is not None:
+        out = out + moe.shared(x)
+    return out.view(shape)
+
+
+def _forward_backward(moe: MoE, forward, x: torch.Tensor, upstream: torch.Tensor, autocast: bool = False):
+    """Output, input gradient, every parameter's gradient (None where untouched) and the load counter."""
+    moe.zero_grad(set_to_none=True)
+    moe.load.zero_()
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = forward(moe, x)
+    out.backward(upstream)
+    grads = {name: p.grad for name, p in moe.named_parameters()}
+    return out.detach(), x.grad, grads, moe.load.clone()
+
+
+def _assert_same(ref, new, atol: float, rtol: float) -> None:
+    (out_r, dx_r, grads_r, load_r), (out_n, dx_n, grads_n, load_n) = ref, new
+    torch.testing.assert_close(out_n, out_r, atol=atol, rtol=rtol)
+    torch.testing.assert_close(dx_n, dx_r, atol=atol, rtol=rtol)
+    # an expert that got no token has no gradient at all in both (AdamW skips it; DDP sees it unused)
+    assert [n for n, g in grads_n.items() if g is None] == [n for n, g in grads_r.items() if g is None]
+    for name, g in grads_r.items():
+        if g is not None:
+            torch.testing.assert_close(grads_n[name], g, atol=atol, rtol=rtol, msg=name)
+    torch.testing.assert_close(load_n, load_r)
+
+
+@pytest.fixture(params=["grouped_mm", "padded_bmm"])
+def expert_path(request, monkeypatch) -> list[tuple[torch.dtype, ...]]:
+    """Run a test on each way of computing the experts: grouped_mm (where torch has it) and padded bmm. Yields
+    the dtypes (rows, w13, w2) of every call of the chosen path, and fails the test if that path never ran."""
+    name = "_grouped_swiglu" if request.param == "grouped_mm" else "_padded_swiglu"
+    if request.param == "grouped_mm" and models.moe._grouped_mm is None:
+        pytest.skip("torch.nn.functional.grouped_mm needs torch >= 2.10")
+    if request.param == "padded_bmm":
+        monkeypatch.setattr(models.moe, "_can_group", lambda *args: False)
+    calls = []
+    swiglu = getattr(models.moe, name)
+
+    def recording(rows, w13, w2, counts):
+        calls.append((rows.dtype, w13.dtype, w2.dtype))
+        return swiglu(rows, w13, w2, counts)
+
+    monkeypatch.setattr(models.moe, name, recording)
+    yield calls
+    assert calls, f"the test's shapes did not take the {request.param} path"
+
+
+@pytest.mark.parametrize(
+    "shape, n_active, idle",
+    [((64, 12), 2, ()), ((3, 20, 12), 2, (1, 4)), ((2, 16, 12), 3, (0,))],
+    ids=["tokens-x-dim", "batch-x-time-x-dim-two-idle-experts", "top-3-one-idle-expert"],
+)
+def test_grouped_experts_equal_the_per_expert_loop(expert_path, shape, n_active, idle):
+    torch.manual_seed(0)
+    moe = _moe(n_active=n_active).train()
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(std=0.3)  # larger than the init, so every term matters at float32 precision
+        moe.balance_bias[list(idle)] = -100.0  # these experts are never selected
+    x, upstream = torch.randn(shape), torch.randn(shape)
+    ref = _forward_backward(moe, _loop_forward, x, upstream)
+    new = _forward_backward(moe, MoE.forward, x, upstream)
+    assert ref[3][list(idle)].sum() == 0 and (ref[3] > 0).sum() == 6 - len(idle)
+    _assert_same(ref, new, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_experts_under_bf16_autocast(expert_path):
+    """Under autocast the experts' matmuls run in bfloat16, as the loop's nn.Linear calls do (grouped_mm is not on
+    autocast's lists, so the forward casts by hand), and the results agree with the loop's to bfloat16 rounding.
+    Not to float32 rounding: the input gradient of the w1 and w3 paths is summed inside one bfloat16 matmul
+    rather than in float32 after two."""
+    torch.manual_seed(0)
+    moe = MoE(dim=16, cfg=MoEConfig(n_routed=6, n_active=2, n_shared=1, expert_dim=8)).train()
+    x, upstream = torch.randn(2, 24, 16), torch.randn(2, 24, 16)
+    ref = _forward_backward(moe, _loop_forward, x, upstream, autocast=True)
+    new = _forward_backward(moe, MoE.forward, x, upstream, autocast=True)
+    assert new[0].dtype == ref[0].dtype
+    assert expert_path and all(d == torch.bfloat16 for call in expert_path for d in call)
+    _assert_same(ref, new, atol=1e-2, rtol=2e-2)

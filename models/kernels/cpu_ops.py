@@ -239,8 +239,9 @@ def post_res_mix(x: torch.Tensor, H_res: torch.Tensor, H_post: torch.Tensor, y: 
     """x [..., n, C], H_res [..., n, n], H_post [..., n], y [..., C] -> [..., n, C] (see reference.post_res_mix)."""
     if x.shape[-2] > MAX_STREAMS:
         return reference.post_res_mix(x, H_res, H_post, y)
-    _float32(x, H_res, H_post, y)
-    return _PostResMix.apply(x, H_res, H_post, y)
+    _float32(x, H_res, H_post)
+    # F's output may be bf16 (autocast runs F alone in bf16); the merge accumulates in float32, as the reference
+    return _PostResMix.apply(x, H_res, H_post, y.float())
 
 
 class _StreamPre(torch.autograd.Function):
