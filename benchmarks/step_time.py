@@ -27,10 +27,15 @@ ARCHS = ("baseline", "hc", "mhc")
 
 
 def step(model: torch.nn.Module, tokens: torch.Tensor, logits_fn=None) -> None:
-    """One forward + backward training step (next-token cross-entropy); `logits_fn(model, inputs)` for models
-    whose forward is not `model(inputs) -> logits`."""
-    logits = model(tokens[:, :-1]) if logits_fn is None else logits_fn(model, tokens[:, :-1])
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    """One forward + backward training step (next-token cross-entropy) the way each model trains: this suite's
+    `Transformer` with `targets=` (the fused head and loss models.train uses), any other model as logits, upcast to
+    float32, then F.cross_entropy (what Hugging Face's causal-LM loss does); `logits_fn(model, inputs)` for
+    models whose forward is not `model(inputs) -> logits`."""
+    if isinstance(model, Transformer):
+        loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+    else:
+        logits = model(tokens[:, :-1]) if logits_fn is None else logits_fn(model, tokens[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
     loss.backward()
     model.zero_grad(set_to_none=True)
 

@@ -39,7 +39,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -449,8 +448,7 @@ class Trainer:
         for batch in self.val:
             batch = batch.to(self.device)
             with self.autocast:
-                logits = self.model(batch[:, :-1])
-            total += F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+                total += self.model(batch[:, :-1], targets=batch[:, 1:], reduction="sum").item()
             count += batch[:, 1:].numel()
         self.model.train()
         return total / count
@@ -501,8 +499,8 @@ class Trainer:
         self.model.eval()  # no MoE load counting; no other layer behaves differently
         batch = self.val[0].to(self.device)
         with self.autocast:
-            logits = self.model(batch[:, :-1])
-        F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()).backward()
+            loss = self.model(batch[:, :-1], targets=batch[:, 1:])
+        loss.backward()
         norms = [c.mapping_grad_norms() for c in connections]
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
@@ -524,8 +522,7 @@ class Trainer:
                 sync = self.ddp.no_sync()
             with sync:
                 with self.autocast:
-                    logits = self.ddp(part[:, :-1])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), part[:, 1:].flatten()) / n_micro
+                    loss = self.ddp(part[:, :-1], targets=part[:, 1:]) / n_micro
                 loss.backward()
             loss_sum += loss.detach()
         if self.dist.world > 1:

@@ -9,6 +9,7 @@ transformer for all of them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import LayerKVCache, MultiHeadLatentAttention
@@ -16,6 +17,7 @@ from .config import ModelConfig, validate_model_config
 from .connections import Connection, StreamConnection, build_connection, connection_class
 from .connections.recompute import RecomputeBlock, optimal_block
 from .layers import RMSNorm, SwiGLU, rope_frequencies
+from .loss import linear_cross_entropy
 from .moe import MoE
 
 # Mixed into the seed of the connections' generator so that it differs from the core weights' generator.
@@ -125,11 +127,15 @@ class Transformer(nn.Module):
         start_pos: int = 0,
         cache: list[LayerKVCache] | None = None,
         key_valid: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> torch.Tensor:
         """tokens [B, T] at positions start_pos.. -> logits [B, T, vocab] (float32 head output dtype).
 
         With `cache`, keys/values of earlier positions come from the cache and this call's are stored.
         `key_valid` [B, start_pos + T] marks real tokens when sequences are (left-)padded to one length.
+        With `targets` [B, T] it returns their cross-entropy instead (`reduction` "mean" or "sum"): in float32
+        without autocast through the fused head and loss (models/loss.py), which never holds all the logits.
         """
         T = tokens.shape[1]
         if start_pos + T > self.cfg.max_seq_len:
@@ -139,8 +145,13 @@ class Transformer(nn.Module):
         state = self.connection_cls.expand(self.embed(tokens), self.cfg.connection)
         for i, block in enumerate(self.blocks):
             state = block(state, rope, None if cache is None else cache[i], start_pos, key_valid)
-        h = self.connection_cls.collapse(state, self.cfg.connection)
-        return self.head(self.norm(h))
+        h = self.norm(self.connection_cls.collapse(state, self.cfg.connection))
+        if targets is None:
+            return self.head(h)
+        if torch.is_autocast_enabled(h.device.type) or h.dtype != torch.float32 or self.head.weight.dtype != h.dtype:
+            logits = self.head(h).float()  # the head in autocast's dtype, the loss in float32, as before
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
+        return linear_cross_entropy(h.flatten(0, 1), self.head.weight, targets.flatten(), reduction)
 
     def recompute_block_size(self) -> int:
         """L_r in sub-layers (0 = recomputation off); -1 in the config means Eq. 20's optimum."""
