@@ -141,9 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", default="cpu-dense-d8", help="registry scale for the whole-model ratios")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds at their defaults (training raises them: models/allocator.py)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as models.train does: the allocator's page faults are not the connections' cost
+    if not args.default_malloc:
+        keep_freed_memory()  # as models.train does: the allocator's page faults are not the connections' cost
     start = time.perf_counter()
     cpu_ops.extension()
     load_seconds = time.perf_counter() - start
@@ -177,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         steps[name] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), scale_tokens)
     whole = round_robin(steps, args.steps)
 
-    print(f"{machine()}, {args.threads} thread(s); fused CPU kernels loaded in {load_seconds:.1f} s")
+    malloc = "glibc defaults" if args.default_malloc else "thresholds raised (models/allocator.py)"
+    print(f"{machine()}, {args.threads} thread(s); malloc {malloc}; fused CPU kernels loaded in {load_seconds:.1f} s")
     shape = f"dim {args.dim}, {args.blocks} blocks, batch {args.batch} x {args.seq}"
     print(f"small transformer ({shape}), forward + backward + AdamW, median of {args.steps}:")
     for kind, ms in small.items():

@@ -4,10 +4,11 @@ glibc's malloc serves large blocks (above its mmap threshold) with fresh mapping
 top of the heap to the kernel (the trim threshold), so the multi-megabyte activations of a CPU training step are
 page-faulted in again, zero-filled by the kernel, on every step: ~45,000 minor faults per step at the
 side-by-side benchmark's scale. The n-stream connections allocate n times more of that memory than a residual, so
-they pay the most: raising both thresholds took mHC's CPU training step from 666 to 554 ms and the residual's by
-a few percent (BENCHMARKS.md). The cost is that the process keeps its peak heap until it exits, which a training
-process does anyway. This is what LD_PRELOAD-ing jemalloc or tcmalloc achieves for PyTorch on the CPU, without
-a dependency.
+they pay the most. Raising both thresholds took that benchmark's training step (2026-12-01, 2 cores, two
+processes per setting, alternating) from 453-477 to 438-449 ms for the residual and from 575-617 to 542-556 ms for
+HC and mHC on the fused CPU kernels, i.e. from 1.27-1.29x to 1.23-1.24x the residual (BENCHMARKS.md). The cost is
+that the process keeps its peak heap until it exits, which a training process does anyway. This is what
+LD_PRELOAD-ing jemalloc or tcmalloc achieves for PyTorch on the CPU, without a dependency.
 """
 
 from __future__ import annotations

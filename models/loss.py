@@ -27,10 +27,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[start : start + CHUNK_TOKENS]
             t = targets[start : start + CHUNK_TOKENS]
             logits = h @ weight.t()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
+            target_logit = logits.gather(1, t.unsqueeze(1)).squeeze(1)
+            # log-sum-exp in place: one exp pass over the chunk, whose result is reused as the softmax
+            peak = logits.amax(dim=-1, keepdim=True)
+            e = logits.sub_(peak).exp_()
+            sums = e.sum(dim=-1)
+            total += (peak.squeeze(1) + sums.log() - target_logit).sum()
             if grads:
-                d_logits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
+                d_logits = e.mul_(sums.reciprocal().unsqueeze(1))  # softmax
                 d_logits[torch.arange(len(t), device=t.device), t] -= 1.0
                 d_hidden[start : start + CHUNK_TOKENS] = d_logits @ weight
                 d_weight.addmm_(d_logits.t(), h)

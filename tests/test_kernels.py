@@ -258,3 +258,16 @@ def test_tiny_model_trains_the_same_with_fused_and_reference_ops(fused, arch):
         losses[backend] = run
     assert losses["reference"][-1] < losses["reference"][0]
     assert losses[fused] == pytest.approx(losses["reference"], abs=1e-4)
+
+
+@needs_compiler
+def test_cpu_kernel_cache_is_per_torch_capability_and_source(monkeypatch, tmp_path):
+    from models.kernels import cpu_ops
+
+    monkeypatch.setenv("MHC_KERNEL_CACHE", str(tmp_path))
+    folder = cpu_ops.cache_dir()
+    assert folder.parent == tmp_path
+    assert torch.__version__ in folder.name and torch.backends.cpu.get_cpu_capability().lower() in folder.name
+    monkeypatch.setattr(cpu_ops, "SOURCE", tmp_path / "other.cpp")
+    (tmp_path / "other.cpp").write_text("// other kernels\n")
+    assert cpu_ops.cache_dir() != folder  # another source builds beside, not over, this one
