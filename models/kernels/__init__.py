@@ -1,8 +1,8 @@
 """mHC ops behind one dispatch: fused kernels (Triton on CUDA, C++ on the CPU) or their PyTorch references.
 
 `connection.kernels` selects the backend:
-- "auto" (default): Triton on CUDA tensors, the fused CPU kernels on float32 CPU tensors when a C++ compiler is
-  on the PATH, the reference everywhere else;
+- "auto" (default): Triton on CUDA tensors, the fused CPU kernels on float32 CPU tensors when they can be built
+  (a C++ compiler on the PATH and the Python headers), the reference everywhere else;
 - "reference": always the PyTorch reference;
 - "triton": always Triton. On the CPU this needs TRITON_INTERPRET=1 (Triton's interpreter; how the parity
   tests run in CI) and is an error without it;
@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sysconfig
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -29,8 +31,10 @@ def triton_available() -> bool:
 
 
 def cpu_compiler_available() -> bool:
-    """Whether the fused CPU kernels can be built here (torch's extension builder uses $CXX, else c++)."""
-    return shutil.which(os.environ.get("CXX", "c++")) is not None
+    """Whether the fused CPU kernels can be built here: a C++ compiler (torch's extension builder uses $CXX, else
+    c++) and the Python headers it compiles against."""
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which(os.environ.get("CXX", "c++")) is not None and headers.is_file()
 
 
 def get_ops(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> ModuleType:
