@@ -12,6 +12,7 @@ A failing kernel raises; nothing falls back silently.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -33,8 +34,14 @@ def triton_available() -> bool:
 def cpu_compiler_available() -> bool:
     """Whether the fused CPU kernels can be built here: a C++ compiler (torch's extension builder uses $CXX, else
     c++) and the Python headers it compiles against."""
+    return _can_build(os.environ.get("CXX", "c++"))
+
+
+@functools.cache
+def _can_build(compiler: str) -> bool:
+    # cached: `auto` asks on every connection call, and the PATH search and file checks cost ~0.1 ms each time
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    return shutil.which(os.environ.get("CXX", "c++")) is not None and headers.is_file()
+    return shutil.which(compiler) is not None and headers.is_file()
 
 
 def get_ops(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> ModuleType:
