@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.checkpoint import CheckpointError, atomic_write_text
-from models.gpu_slots import GpuSlotError, resolve_device
+from common.files import atomic_write_text
+from common.gpu_slots import GpuSlotError, resolve_device
+from training.checkpoint import CheckpointError
 
 
 @torch.no_grad()
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from corpus import load_shard, val_batches
     from eval.lm import load_for_eval
-    from models.data import load_shard, val_batches
 
     run = Path(args.run)
     steps = sorted(p for p in (run / "checkpoints").glob("step_*") if p.is_dir())

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import atomic_write_text
+from common.files import atomic_write_text
 
 
 def scale_facts(scale: str, model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from models.train import git_sha
+    from training.trainer import git_sha
 
     plan = json.loads(Path(args.plan).read_text())
     index = build_index(plan, git_sha())

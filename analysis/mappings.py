@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import CheckpointError, atomic_write_text
+from common.files import atomic_write_text
+from common.gpu_slots import GpuSlotError, resolve_device
 from models.diagnostics import amax_gain, capture_mappings
-from models.gpu_slots import GpuSlotError, resolve_device
+from training.checkpoint import CheckpointError
 
 
 def composite(mats: list[torch.Tensor], first: int, last: int) -> torch.Tensor:
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from corpus import load_shard, val_batches
     from eval.lm import load_for_eval
-    from models.data import load_shard, val_batches
 
     status_file = Path(args.run) / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}

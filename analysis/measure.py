@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.allocator import keep_freed_memory
-from models.checkpoint import atomic_write_text
+from common.allocator import keep_freed_memory
+from common.files import atomic_write_text
+from common.gpu_slots import GpuSlotError, resolve_device
 from models.config import ConfigError, ModelConfig, from_dict, merge_overrides, to_dict, validate_model_config
 from models.diagnostics import saved_activation_bytes
-from models.gpu_slots import GpuSlotError, resolve_device
 from models.kernels import get_ops
 from models.registry import get_scale
 from models.transformer import Transformer

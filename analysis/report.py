@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from models.checkpoint import atomic_write_text
+from common.files import atomic_write_text
 
 from . import paper
 from .stability import GRAD_SPIKE_RATIO, LOSS_SURGE_NATS, WARMUP_FRACTION, instability_cells, lr_sweep_runs

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.measure import machine
-from models.allocator import keep_freed_memory
+from common.allocator import keep_freed_memory
 from models.config import ConnectionConfig
 from models.connections import build_connection
 from models.kernels import cpu_ops

@@ -23,8 +23,8 @@ from lm_eval.api.instance import Instance
 
 from benchmarks.hf_throughput import build_hf, copy_weights
 from benchmarks.step_time import machine
+from corpus import iter_documents, load_tokenizer, resolve_data_root, train_tokenizer
 from eval.lm import MhcLM
-from models.data import iter_documents, load_tokenizer, resolve_data_root, train_tokenizer
 from models.registry import model_config
 from models.transformer import Transformer
 

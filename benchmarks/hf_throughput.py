@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from benchmarks.step_time import machine, step
-from models.allocator import keep_freed_memory
+from common.allocator import keep_freed_memory
 from models.config import ModelConfig
 from models.moe import MoE
 from models.registry import model_config

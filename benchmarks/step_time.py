@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.measure import machine  # noqa: F401 - re-exported for the other benchmark scripts
-from models.allocator import keep_freed_memory
+from common.allocator import keep_freed_memory
 from models.registry import model_config
 from models.transformer import Transformer
 

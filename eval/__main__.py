@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     if hub or any(a in ("-h", "--help", "ls", "validate") for a in argv):
         cli_evaluate()
         return
-    from models.data import resolve_data_root
+    from corpus import resolve_data_root
 
     from .suite import local_datasets
 

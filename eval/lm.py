@@ -34,10 +34,11 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from models.checkpoint import CheckpointError, read_checkpoint
+from common.files import sha256_file
+from corpus import eot_id, load_tokenizer
 from models.config import ModelConfig, from_dict
-from models.data import eot_id, load_tokenizer, sha256_file
 from models.transformer import Transformer
+from training.checkpoint import CheckpointError, read_checkpoint
 
 
 def load_for_eval(checkpoint: str | Path, device: str = "cpu", tokenizer: str | None = None):
@@ -67,7 +68,7 @@ def load_for_eval(checkpoint: str | Path, device: str = "cpu", tokenizer: str | 
     tok = load_tokenizer(tok_path)
     expected = sidecar["data"].get("tokenizer_sha256")
     if tokenizer is None and expected:
-        from models.data import tokenizer_sha256
+        from corpus import tokenizer_sha256
 
         if tokenizer_sha256(tok) != expected:
             raise CheckpointError(f"tokenizer {tok_path} is not the one the model was trained with")

@@ -18,9 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-from models.checkpoint import CheckpointError, atomic_write_text
-from models.data import DataError, resolve_data_root
-from models.gpu_slots import GpuSlotError, resolve_device
+from common.files import atomic_write_text
+from common.gpu_slots import GpuSlotError, resolve_device
+from corpus import DataError, resolve_data_root
+from training.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,8 +113,8 @@ def log_to_mlflow(checkpoint: Path, results: dict, out: Path) -> None:
     tracking = json.loads(config_file.read_text())["config"]["tracking"]
     if not tracking.get("enabled"):
         return
-    from models.tracking import Tracker
-    from models.train import display_name
+    from training.tracking import Tracker
+    from training.trainer import display_name
 
     tracker = Tracker(
         tracking["tracking_uri"],

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
-from models.data import DataError, resolve_data_root
+from corpus import DataError, resolve_data_root
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -126,7 +126,7 @@ def run_suite(
     """Run lm-eval's `simple_evaluate` on `tasks` (default: the paper suite) with our task manager.
 
     `local_data_root` selects local-data mode: a data root (or its `benchmarks/` folder), or True for the default
-    root (`models.data.resolve_data_root(None)`); None runs in hub mode. The results gain `mhc_substitutions`
+    root (`corpus.resolve_data_root(None)`); None runs in hub mode. The results gain `mhc_substitutions`
     (suite member -> description, for the substitutes the run actually used; empty in hub mode) and
     `mhc_data_source` ("hub" or the benchmarks folder). Other keyword arguments go to `simple_evaluate`.
     """
@@ -173,7 +173,7 @@ class LocalData:
 def local_datasets(data_root: str | os.PathLike[str] | None = None) -> Iterator[LocalData]:
     """Serve lm-eval's `datasets.load_dataset` calls from the local benchmark copies, with the hub switched off.
 
-    `data_root` is the data root (default: `models.data.resolve_data_root(None)`) or its `benchmarks/`
+    `data_root` is the data root (default: `corpus.resolve_data_root(None)`) or its `benchmarks/`
     folder. Inside the block, each hub dataset of the paper suite (`SaylorTwift/bbh`, `EleutherAI/drop`,
     `openai/gsm8k`, `Rowan/hellaswag`, `EleutherAI/hendrycks_math`, `cais/mmlu`, `baber/piqa`,
     `mandarjoshi/trivia_qa` rc.nocontext, and a few older aliases) is built from local files; packaged builders

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 import mlflow  # noqa: E402,F401  (imported before the barrier: the slow part should not skew the start)
 
-from models.tracking import Tracker  # noqa: E402
+from training.tracking import Tracker  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

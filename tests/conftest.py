@@ -9,7 +9,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from models.data import resolve_data_root  # noqa: E402
+from corpus import resolve_data_root  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def shards(tmp_path_factory) -> Path:
     if CORPUS_ROOT is None:
         pytest.skip("no corpus")
     out = tmp_path_factory.mktemp("shards")
-    from models.data import build_shards, train_tokenizer
+    from corpus import build_shards, train_tokenizer
 
     corpus = CORPUS_ROOT / "corpus"
     tokenizer = train_tokenizer(corpus, 512, out / "tokenizer.json", max_docs=200)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from models.allocator import keep_freed_memory
+from common.allocator import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

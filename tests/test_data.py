@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import data
-from models.data import (
+from common.files import sha256_file
+from corpus import (
     EOT_TOKEN,
     DataError,
     TokenLoader,
@@ -22,10 +22,10 @@ from models.data import (
     load_shard,
     load_tokenizer,
     resolve_data_root,
-    sha256_file,
     train_tokenizer,
     val_batches,
 )
+from corpus import documents as data
 
 WORDS = (
     "the river city history council station railway north south school music album team season league "
@@ -366,7 +366,7 @@ def test_hf_dataset_streaming_path(tmp_path, monkeypatch):
     import sys
     import types
 
-    from models import data
+    from corpus import documents as data
 
     calls = []
 

@@ -16,13 +16,13 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
+from corpus import load_tokenizer, tokenizer_sha256  # noqa: E402
 from eval.lm import MhcLM  # noqa: E402
-from models.checkpoint import save_model  # noqa: E402
 from models.config import to_dict  # noqa: E402
-from models.data import load_tokenizer, tokenizer_sha256  # noqa: E402
 from models.transformer import Transformer  # noqa: E402
 from tests.conftest import needs_corpus  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
+from training.checkpoint import save_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,7 +168,7 @@ def test_eval_results_go_to_mlflow_as_a_child_of_the_training_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from eval.run import log_to_mlflow
-    from models.tracking import Tracker, init_store
+    from training.tracking import Tracker, init_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init_store(uri, "exp")

@@ -10,7 +10,7 @@ import os
 import pytest
 import yaml
 
-from models.data import DataError, resolve_data_root
+from corpus import DataError, resolve_data_root
 
 try:
     BENCHMARKS = resolve_data_root(None) / "benchmarks"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from models import gpu_slots
+from common import gpu_slots
 from tests.conftest import needs_corpus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def machine(tmp_path: Path, gpus: int = 8, **extra: str) -> dict[str, str]:
 
 
 def slots(gpus: int, *command: str, timeout: float | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "models.gpu_slots", "--gpus", str(gpus)]
+    cmd = [sys.executable, "-m", "common.gpu_slots", "--gpus", str(gpus)]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
     return cmd + ["--", *command]
@@ -141,7 +141,7 @@ def test_single_process_jobs_claim_one_gpu_each(tmp_path):
     """resolve_device (what training, evaluation and the analyses call first) gives concurrent processes
     different GPUs, each as device "cuda" (index 0 of what it sees), and leaves CPU / explicit choices alone."""
     script = (
-        "import os, sys, time; from models.gpu_slots import resolve_device; "
+        "import os, sys, time; from common.gpu_slots import resolve_device; "
         "d = resolve_device(sys.argv[1]); print(d, os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True); "
         "time.sleep(float(sys.argv[2]))"
     )
@@ -205,7 +205,7 @@ def test_every_gpu_rule_declares_its_gpus():
         assert blocks, rule
         assert all(f" gpu={gpus}," in b for b in blocks), rule
     train = [b for b in jobs if b.startswith("train:")]
-    assert all("python -m models.gpu_slots --gpus 8 -- torchrun --standalone" in b for b in train)
+    assert all("python -m common.gpu_slots --gpus 8 -- torchrun --standalone" in b for b in train)
 
 
 RANKS = """

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from models.diagnostics import MECHANISM_THRESHOLDS, mechanism_operated
-from models.train import Trainer, load_run_config
 from tests.conftest import needs_corpus
+from training.trainer import Trainer, load_run_config
 
 STEPS = 40
 

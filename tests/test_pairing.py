@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from analysis.plan import all_variants
-from models.train import Trainer, load_run_config
 from tests.conftest import needs_corpus
+from training.trainer import Trainer, load_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import tracking
-from models.tracking import (
+from training import tracking
+from training.tracking import (
     NullTracker,
     Tracker,
     TrackingError,
@@ -396,7 +396,7 @@ def _check_concurrent_runs(uri: str, experiment: str, run_ids: list[str], n: int
 def test_four_concurrent_jobs_on_one_sqlite_db(tmp_path: Path) -> None:
     """The issue's must-show: init once on a fresh DB, then 4 processes log 200 steps x 3 metrics at the same time.
 
-    The DB is initialised through the command line (``python -m models.tracking init``) while the workers import
+    The DB is initialised through the command line (``python -m training.tracking init``) while the workers import
     MLflow; they are released together once both are done.
     """
     n, steps, flush_every = 4, 200, 10
@@ -407,7 +407,18 @@ def test_four_concurrent_jobs_on_one_sqlite_db(tmp_path: Path) -> None:
     procs = _spawn_workers(uri, experiment, n, steps, flush_every, tmp_path)
     out_json = tmp_path / "results" / "experiment.json"
     init = subprocess.run(
-        [sys.executable, "-m", "models.tracking", "init", "--uri", uri, "--experiment", experiment, "--out", out_json],
+        [
+            sys.executable,
+            "-m",
+            "training.tracking",
+            "init",
+            "--uri",
+            uri,
+            "--experiment",
+            experiment,
+            "--out",
+            out_json,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

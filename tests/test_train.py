@@ -245,7 +245,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, shards, parallel, model)
 def test_four_concurrent_training_runs_lose_no_run_and_no_metric(tmp_path, shards):
     from mlflow.tracking import MlflowClient
 
-    from models.tracking import init_store
+    from training.tracking import init_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = init_store(uri, "concurrency")  # once, before the jobs (as the DAG's init rule does)

@@ -75,7 +75,7 @@ def train_launcher(wildcards):
     gpus = int(config["scales"][wildcards.scale].get("gpus", 0))
     if gpus > 1:
         return (
-            f"python -m models.gpu_slots --gpus {gpus} -- "
+            f"python -m common.gpu_slots --gpus {gpus} -- "
             f"torchrun --standalone --nproc-per-node {gpus} -m models.train"
         )
     return "python -m models.train"

@@ -15,7 +15,7 @@ rule mlflow_init:
     conda:
         "../envs/mhc.yaml"
     shell:
-        "python -m models.tracking init --uri {params.uri:q} --experiment {params.experiment:q} {params.disabled} "
+        "python -m training.tracking init --uri {params.uri:q} --experiment {params.experiment:q} {params.disabled} "
         '--artifact-location "$PWD/results/mlflow/artifacts" --out {output} > {log} 2>&1'
 
 

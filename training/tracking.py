@@ -6,7 +6,7 @@ to never take a training job down by accident and to survive many jobs writing o
 * :func:`init_store` creates the database and the experiment once, before jobs start. MLflow 3.x runs its Alembic
   migrations the first time a process opens a fresh SQLite file, and several processes doing that together crash
   each other ("table experiments already exists", "duplicate column name", "Online migration expected to match one
-  row"). A Snakemake ``localrule`` (or ``python -m models.tracking init``) therefore runs it first.
+  row"). A Snakemake ``localrule`` (or ``python -m training.tracking init``) therefore runs it first.
 * :class:`Tracker` still survives being started without that step: for SQLite, the migrating first open happens
   under an exclusive file lock beside the DB (``mlflow.db.lock``), and opening the store and get-or-create of the
   experiment are retried with backoff, so the process that loses a race simply uses what the winner made.
@@ -21,7 +21,7 @@ to never take a training job down by accident and to survive many jobs writing o
 
 Command line (creates the DB and experiments; prints ``NAME<TAB>ID`` per experiment)::
 
-    python -m models.tracking init --uri sqlite:///results/mlflow.db --experiment mhc [--out experiment.json]
+    python -m training.tracking init --uri sqlite:///results/mlflow.db --experiment mhc [--out experiment.json]
 """
 
 from __future__ import annotations
@@ -615,7 +615,7 @@ def make_tracker(enabled: bool, **kwargs: Any) -> Tracker | NullTracker:
 def main(argv: list[str] | None = None) -> int:
     """``init``: create the DB and experiments before jobs start; optionally write their ids to a JSON file that
     tracking jobs take as input (so the DAG orders them after it)."""
-    parser = argparse.ArgumentParser(prog="python -m models.tracking", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.tracking", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create the tracking DB and experiment(s) (idempotent)")
     init.add_argument("--uri", required=True, help="tracking URI, e.g. sqlite:///results/mlflow.db")

@@ -20,7 +20,7 @@ why the entry points call it first. A multi-GPU run is started through the comma
 then replaces itself with the command (`exec`), so the claim belongs to the launched process (torchrun) and the
 ranks it starts inherit the visible devices:
 
-    python -m models.gpu_slots --gpus 4 -- torchrun --standalone --nproc-per-node 4 -m models.train ...
+    python -m common.gpu_slots --gpus 4 -- torchrun --standalone --nproc-per-node 4 -m models.train ...
 
 (`torchrun --standalone` binds its rendezvous to port 0, so concurrent runs get distinct free ports from the OS.)
 
@@ -247,9 +247,9 @@ def _cuda_available() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m models.gpu_slots",
+        prog="python -m common.gpu_slots",
         description="Claim GPUs no other job holds, then run COMMAND on them (it replaces this process).",
-        usage="python -m models.gpu_slots --gpus N [--timeout S] -- COMMAND [ARGS ...]",
+        usage="python -m common.gpu_slots --gpus N [--timeout S] -- COMMAND [ARGS ...]",
     )
     parser.add_argument("--gpus", type=int, required=True, help="GPUs the command needs (0: hide every GPU)")
     parser.add_argument("--timeout", type=float, default=None, help="give up after S seconds of waiting")

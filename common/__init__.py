@@ -1,0 +1,1 @@
+"""Small pieces every layer uses: atomic files, device choice, the allocator setting. Imports nothing of ours."""
