@@ -704,7 +704,7 @@ def _train_items(index: dict[str, Any], runs: list[EffectiveRun]) -> list[Deviat
     )
 
     # Run options apply to every run of the tier.
-    from training.trainer import RunOptions
+    from training.config import RunOptions
 
     options = {**to_dict(RunOptions()), **(index.get("run_options") or {})}
     clip = float(options.get("grad_clip") or 0.0)

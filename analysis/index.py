@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from training.trainer import git_sha
+    from training.run_folder import git_sha
 
     plan = json.loads(Path(args.plan).read_text())
     index = build_index(plan, git_sha())

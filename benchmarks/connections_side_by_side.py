@@ -29,7 +29,7 @@ from torch import nn
 
 from analysis.measure import machine
 from common.allocator import keep_freed_memory
-from models.config import ConnectionConfig
+from models.config import connection_config
 from models.connections import build_connection
 from models.kernels import cpu_ops
 from models.registry import get_scale, model_config
@@ -84,7 +84,7 @@ class Net(nn.Module):
             self.hcs = nn.ModuleList(init(branch=b, layer_index=i) for i, b in enumerate(branches))
         else:
             _, arch, kernels = kind.split("-")  # ours-{hc,mhc}-{reference,cpu}
-            self.cfg = ConnectionConfig(arch=arch, n=N_STREAMS, kernels=kernels)
+            self.cfg = connection_config(arch=arch, n=N_STREAMS, kernels=kernels)
             self.branches = nn.ModuleList(branches)
             self.connections = nn.ModuleList(build_connection(self.cfg, dim, i, 1e-6) for i in range(len(branches)))
             for connection in self.connections:

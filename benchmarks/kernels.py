@@ -28,7 +28,7 @@ from functools import partial
 
 import torch
 
-from models.config import ConnectionConfig
+from models.config import connection_config
 from models.connections import ManifoldHyperConnection
 from models.kernels import cpu_compiler_available, reference
 
@@ -122,7 +122,7 @@ def layer_case(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
     fused = "triton" if device.type == "cuda" else ("cpu" if cpu_compiler_available() else None)
     backends = ["reference"] + ([fused] if fused else [])
     for backend in backends:
-        conn = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=n, kernels=backend), C, 0, 1e-6).to(device)
+        conn = ManifoldHyperConnection(connection_config(arch="mhc", n=n, kernels=backend), C, 0, 1e-6).to(device)
         impls["eager" if backend == "reference" else "fused"] = partial(conn, sublayer=torch.nn.Identity())
     if device.type == "cuda":
         try:

@@ -113,8 +113,8 @@ def log_to_mlflow(checkpoint: Path, results: dict, out: Path) -> None:
     tracking = json.loads(config_file.read_text())["config"]["tracking"]
     if not tracking.get("enabled"):
         return
+    from training.run_folder import display_name
     from training.tracking import Tracker
-    from training.trainer import display_name
 
     tracker = Tracker(
         tracking["tracking_uri"],

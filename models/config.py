@@ -1,9 +1,14 @@
-"""Typed configuration for the model core.
+"""Typed configuration for the model core, and the one parser every configuration goes through.
 
-One dataclass per concept (attention, feed-forward, connection, optimiser schedule), nested into
-`ModelConfig` and `TrainConfig`. Configs are built from plain dicts (YAML/JSON) with `from_dict`,
-which rejects unknown keys with a message that names the key and the valid ones, and can be
-patched with `apply_overrides(cfg, ["connection.n=2", ...])` for command-line `--set` options.
+One dataclass per concept (attention, feed-forward, connection, optimiser schedule), nested into `ModelConfig` and
+`TrainConfig`. Each residual-connection variant has its own config class beside its code (`HCConfig` in
+models/connections/hc.py, `MHCConfig` in models/connections/mhc.py); `ConnectionConfig` holds what they share, and
+`connection.arch` picks the class, so a field of another variant is an unknown key, whatever its value.
+
+Configs are built from plain dicts with `from_dict`, which rejects unknown keys (naming the key and the valid ones),
+wrong types and out-of-range values (sizes, rates and intervals declare their bounds with `at_least`/`above`).
+YAML files and `key=value` overrides are read by `load_yaml`/`parse_value`, which read numbers the way people write
+them: `3e-3` and `1e-20` are numbers (plain YAML 1.1 reads them as strings).
 """
 
 from __future__ import annotations
@@ -11,40 +16,130 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-ARCHS = ("baseline", "gain", "hc", "mhc")
+import yaml
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the offending key."""
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Reading values: YAML with YAML 1.2 numbers
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's float syntax: `3e-3` is the number 0.003, not the string '3e-3'."""
+
+
+_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML document, with numbers read as YAML 1.2 reads them (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value(raw: str) -> Any:
+    """The value of a `key=value` override: a YAML scalar or flow collection (`3e-3`, `true`, `[0.9, 0.95]`)."""
+    try:
+        return load_yaml(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """`data` with `a.b.c = value` set in place, creating the mappings on the way."""
+    node = data
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{'.'.join(parts[: i + 1])}' is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides_to_dict(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`data` with `dotted.key=value` overrides applied (a copy; unknown keys are left for `from_dict` to name)."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        set_dotted(out, key.strip(), parse_value(raw))
+    return out
+
+
+def flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    """{"a": {"b": 1}} -> [("a.b", 1)]: nested settings as the dotted keys of `key=value` overrides."""
+    if isinstance(value, dict):
+        out: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            out += flatten(f"{prefix}.{key}" if prefix else key, item)
+        return out
+    return [(prefix, value)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bounds
+
+
+def at_least(default: Any, low: float) -> Any:
+    """A dataclass field whose value must be >= `low` (checked by `from_dict`, naming the key)."""
+    return field(default=default, metadata={"at_least": low})
+
+
+def above(default: Any, low: float) -> Any:
+    """A dataclass field whose value must be > `low` (checked by `from_dict`, naming the key)."""
+    return field(default=default, metadata={"above": low})
+
+
+def check_bounds(cfg: Any, path: str = "") -> None:
+    """Raise a ConfigError naming the first field of `cfg` (recursively) outside its declared bounds."""
+    for f in dataclasses.fields(cfg):
+        value, where = getattr(cfg, f.name), f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            check_bounds(value, where)
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if "at_least" in f.metadata and not v >= f.metadata["at_least"]:
+                raise ConfigError(f"{where} must be >= {f.metadata['at_least']:g}, got {value}")
+            if "above" in f.metadata and not v > f.metadata["above"]:
+                raise ConfigError(f"{where} must be > {f.metadata['above']:g}, got {value}")
+
+
 @dataclass
 class AttentionConfig:
     """Multi-head Latent Attention (DeepSeek-V2/V3) without query compression."""
 
-    n_heads: int = 16
-    qk_nope_dim: int = 128  # per-head query/key width without rotary embedding
-    qk_rope_dim: int = 64  # per-head rotary width (the rotary key is shared across heads)
-    v_dim: int = 128  # per-head value width
-    kv_rank: int = 512  # width of the compressed KV latent (what the KV cache stores)
-    rope_theta: float = 10000.0
+    n_heads: int = at_least(16, 1)
+    qk_nope_dim: int = at_least(128, 1)  # per-head query/key width without rotary embedding
+    qk_rope_dim: int = at_least(64, 2)  # per-head rotary width (the rotary key is shared across heads)
+    v_dim: int = at_least(128, 1)  # per-head value width
+    kv_rank: int = at_least(512, 1)  # width of the compressed KV latent (what the KV cache stores)
+    rope_theta: float = above(10000.0, 0)
 
 
 @dataclass
 class MoEConfig:
     """DeepSeekMoE: shared experts plus top-k routed experts, auxiliary-loss-free balancing."""
 
-    n_routed: int = 64
-    n_active: int = 6  # routed experts per token
-    n_shared: int = 2  # always-active experts
-    expert_dim: int = 896  # SwiGLU hidden width of one expert ("FFN dimension" in Table 5)
-    route_scale: float = 1.0  # multiplier on the normalised routing weights
+    n_routed: int = at_least(64, 1)
+    n_active: int = at_least(6, 1)  # routed experts per token
+    n_shared: int = at_least(2, 0)  # always-active experts
+    expert_dim: int = at_least(896, 1)  # SwiGLU hidden width of one expert ("FFN dimension" in Table 5)
+    route_scale: float = above(1.0, 0)  # multiplier on the normalised routing weights
     # Loss-free balancing (Wang et al. 2024): bias_i += rate * sign(mean_load - load_i) after a step.
-    bias_update_rate: float = 1e-3
+    bias_update_rate: float = at_least(1e-3, 0)
 
 
 @dataclass
@@ -52,79 +147,74 @@ class FFNConfig:
     """Feed-forward layout: `n_dense_layers` leading dense SwiGLUs, then MoE (or dense everywhere)."""
 
     kind: Literal["moe", "dense"] = "moe"
-    dense_dim: int = 7168  # hidden width of a dense SwiGLU (paper: 8 x expert width)
-    n_dense_layers: int = 1  # leading dense layers when kind == "moe"
+    dense_dim: int = at_least(7168, 1)  # hidden width of a dense SwiGLU (paper: 8 x expert width)
+    n_dense_layers: int = at_least(1, 0)  # leading dense layers when kind == "moe"
     moe: MoEConfig = field(default_factory=MoEConfig)
 
 
 @dataclass
 class ConnectionConfig:
-    """How sub-layers are connected: plain residual, learnable gains, Hyper-Connections or mHC.
+    """How sub-layers are connected: the fields every variant has. `arch` picks the variant and its config class.
 
-    Defaults follow the mHC paper (n = 4, alpha init 0.01, t_max = 20). Everything the paper leaves
-    open (phi/b initialisation, epsilons, stream collapse) is an explicit field documented here.
+    The variants and their config classes are registered in models/connections/__init__.py (the one list of arch
+    names); a variant's own fields live in its class (`StreamConfig`, `HCConfig`, `MHCConfig`).
+    baseline: x + F(x). gain: a_l x + b_l F(x) with learnable scalars a_l, b_l (a control: how much of a
+    hyper-connection's gain a single stream with learnable residual and branch gains recovers).
     """
 
-    # baseline: x + F(x). gain: a_l x + b_l F(x) with learnable scalars a_l, b_l (a control: how much of a
-    # hyper-connection's gain a single stream with learnable residual and branch gains recovers).
-    arch: Literal["baseline", "gain", "hc", "mhc"] = "baseline"
-    n: int = 4  # expansion rate (number of residual streams); forced to 1 for "baseline" and "gain"
+    # arch name -> config class, filled by models/connections/__init__.py when the variants are imported
+    variants: ClassVar[dict[str, type[ConnectionConfig]]] = {}
+
+    arch: str = "baseline"
+    n: int = at_least(4, 1)  # expansion rate (number of residual streams); 1 for the single-stream variants
     alpha_init: float = 0.01  # gating factors (mHC alpha_pre/post/res; HC dynamic scales)
     # Stream collapse before the final norm. "sum" is the HC paper's choice (Algorithm 1); the final
     # RMSNorm removes the x n scale. "mean" is Megatron's default.
     collapse: Literal["sum", "mean"] = "sum"
-
-    # ---- mHC (paper Eq. 7-9) ----
-    sinkhorn_iters: int = 20
-    # Static bias b (the paper does not give it; see README "Initialisation"):
-    # - "zero": b = 0 (Megatron / HF DeepSeek-V4): H_pre ~ 1/2, H_post ~ 1, H_res ~ J/n. The streams start as
-    #   copies and J/n re-averages them every sub-layer, so H_res gets almost no gradient.
-    # - "identity": H_res ~ I and H_pre ~ one-hot of stream (l mod n) (logits +-identity_logit), H_post = 1, as
-    #   HC's Eq. 14. Streams that differ stay different, but nothing makes them differ in the forward pass.
-    # - "spread": "identity" plus H_post = 2 sigmoid(+-1) = 1.46 on stream (l mod n) and 0.54 on the others, so
-    #   every sub-layer writes a different amount into each stream and the streams differ from the first
-    #   sub-layer on (the forward symmetry is broken).
-    bias_init: Literal["zero", "identity", "spread"] = "spread"
-    identity_logit: float = 4.0  # the +- logit of "identity" / "spread": Sinkhorn(exp(4 I)) has diagonal 0.95
-    # phi init: "normal" draws N(0, phi_init_std); "unit" draws N(0, 1 / (alpha_init sqrt(nC))), so that the
-    # input-dependent logits alpha * RMSNorm(x) phi start with unit standard deviation instead of ~0.003.
-    phi_init: Literal["normal", "unit"] = "unit"
-    phi_init_std: float = 0.02
-    # Epsilons the paper does not show (DeepSeek-V4 code uses 1e-6 for both); 0 = paper.
-    pre_eps: float = 0.0  # added to sigma(.) of H_pre
-    sinkhorn_eps: float = 0.0  # added to every Sinkhorn denominator
-
-    # ---- kernels and memory ----
     # "auto": fused Triton kernels on CUDA, fused C++ kernels on a float32 CPU state (when a C++ compiler is there),
-    # the PyTorch reference elsewhere; "reference"; "triton"; "cpu" (models/kernels/__init__.py).
+    # the eager PyTorch ops elsewhere; or one of them by name (models/kernels/__init__.py).
     kernels: Literal["auto", "reference", "triton", "cpu"] = "auto"
     # Block recomputation (paper section 4.3.2, Table 3): keep only the first stream state of every block of
     # `recompute_layers` sub-layers and recompute the connection intermediates in backward.
     # 0 = off; -1 = the paper's optimum L_r* = round(sqrt(n L / (n + 2))) with L the number of sub-layers.
-    recompute_layers: int = 0
-
-    # ---- HC (HC paper Eq. 8-14, Algorithm 2) ----
-    hc_dynamic: bool = True  # False = static HC (SHC)
-    hc_tanh: bool = True  # False = "DHC w/o tanh"
-    # ---- HC and mHC: the mHC paper's Table 1 switches ----
-    # A disabled mapping is replaced by its fixed form (H_pre -> 1/n, H_post -> 1, H_res -> I) and has no
-    # parameters. mHC with learn_res = false is "identity HC": the learned pre/post maps without stream mixing.
-    learn_res: bool = True
-    learn_pre: bool = True
-    learn_post: bool = True
+    recompute_layers: int = at_least(0, -1)
 
     def streams(self) -> int:
-        return self.n if self.arch in ("hc", "mhc") else 1
+        return 1
+
+    def validate(self) -> None:
+        """Checks across fields of this variant (a ConfigError naming the key); the bounds are checked already."""
+        if self.arch not in self.variants or not isinstance(self, self.variants[self.arch]):
+            raise ConfigError(f"connection.arch {self.arch!r} does not match its config class {type(self).__name__}")
+
+    @classmethod
+    def for_arch(cls, arch: str) -> type[ConnectionConfig]:
+        """The config class of variant `arch` (a ConfigError naming the known ones otherwise)."""
+        try:
+            return cls.variants[arch]
+        except KeyError:
+            raise ConfigError(f"connection.arch: {arch!r} is not one of {sorted(cls.variants)}") from None
+
+
+def connection_config(arch: str = "baseline", **fields: Any) -> ConnectionConfig:
+    """The config of variant `arch` with the given fields (a TypeError names a field the variant does not have)."""
+    return ConnectionConfig.for_arch(arch)(arch=arch, **fields)
+
+
+def archs() -> tuple[str, ...]:
+    """Every registered connection variant's name."""
+    ConnectionConfig.for_arch("baseline")
+    return tuple(ConnectionConfig.variants)
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 129280
-    dim: int = 1280
-    n_layers: int = 12
-    max_seq_len: int = 4096
-    norm_eps: float = 1e-20  # Table 5 "Layer norm eps" (sic); RMSNorm is computed in float32
-    init_std: float = 0.006  # DeepSeek-V3's init std for linear layers and embeddings
+    vocab_size: int = at_least(129280, 1)
+    dim: int = at_least(1280, 1)
+    n_layers: int = at_least(12, 1)
+    max_seq_len: int = at_least(4096, 1)
+    norm_eps: float = at_least(1e-20, 0)  # Table 5 "Layer norm eps" (sic); RMSNorm is computed in float32
+    init_std: float = above(0.006, 0)  # DeepSeek-V3's init std for linear layers and embeddings
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     ffn: FFNConfig = field(default_factory=FFNConfig)
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
@@ -134,17 +224,17 @@ class ModelConfig:
 class TrainConfig:
     """Optimiser and schedule (Table 5): AdamW, linear warm-up, step decay."""
 
-    batch_size: int = 320  # sequences per optimiser step
-    seq_len: int = 4096
-    steps: int = 30000
-    lr: float = 8.6e-4
-    warmup_steps: int = 2000
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-20  # Table 5 "AdamW eps" (sic)
-    weight_decay: float = 0.1
-    decay_at: tuple[float, ...] = (0.8, 0.9)  # fractions of training where the LR steps down
+    batch_size: int = at_least(320, 1)  # sequences per optimiser step
+    seq_len: int = at_least(4096, 1)
+    steps: int = at_least(30000, 1)
+    lr: float = above(8.6e-4, 0)
+    warmup_steps: int = at_least(2000, 0)
+    betas: tuple[float, float] = at_least((0.9, 0.95), 0)
+    eps: float = above(1e-20, 0)  # Table 5 "AdamW eps" (sic)
+    weight_decay: float = at_least(0.1, 0)
+    decay_at: tuple[float, ...] = at_least((0.8, 0.9), 0)  # fractions of training where the LR steps down
     # LR as a fraction of `lr` from each decay point on (DeepSeek-LLM: 31.6% after 80%, 10% after 90%)
-    decay_rates: tuple[float, ...] = (0.316, 0.1)
+    decay_rates: tuple[float, ...] = at_least((0.316, 0.1), 0)
 
     @property
     def tokens(self) -> int:
@@ -170,6 +260,14 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        if hint is ConnectionConfig:  # the variant's own class: another variant's fields are unknown keys
+            arch = value.get("arch", ConnectionConfig.arch)
+            if not isinstance(arch, str):
+                raise ConfigError(f"{path}.arch: expected a string, got {arch!r}")
+            try:
+                hint = ConnectionConfig.for_arch(arch)
+            except ConfigError as err:
+                raise ConfigError(f"{path}.arch: {arch!r} is not one of {sorted(ConnectionConfig.variants)}") from err
         return from_dict(hint, value, _path=path)
     if origin is Literal:
         if value not in get_args(hint):
@@ -216,7 +314,9 @@ def from_dict(cls: type[T], data: dict[str, Any], _path: str = "") -> T:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{path}'{hint}; valid keys: {', '.join(names)}")
         kwargs[key] = _convert(value, hints[key], path)
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    check_bounds(cfg, _path)
+    return cfg
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -234,80 +334,31 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Return a copy of `cfg` with `dotted.key=value` overrides applied (values parsed as JSON/YAML scalars)."""
-    data = to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = {"true": True, "false": False}.get(raw.lower(), raw)
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override '{item}'")
-            node = node[part]
-        # An unknown last key is left for from_dict, which names it and suggests the closest one.
-        node[parts[-1]] = value
-    return from_dict(type(cfg), data)
+    """Return a copy of `cfg` with `dotted.key=value` overrides applied (values read by `parse_value`)."""
+    return from_dict(type(cfg), apply_overrides_to_dict(to_dict(cfg), overrides))
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
-    """Semantic checks that types alone cannot express."""
-    conn, att, ffn = cfg.connection, cfg.attention, cfg.ffn
-    if conn.arch not in ARCHS:
-        raise ConfigError(f"connection.arch: {conn.arch!r} is not one of {list(ARCHS)}")
-    if conn.n < 1:
-        raise ConfigError(f"connection.n must be >= 1, got {conn.n}")
-    default = ConnectionConfig()
-    only = {
-        ("hc",): ("hc_dynamic", "hc_tanh"),
-        ("hc", "mhc"): ("learn_res", "learn_pre", "learn_post"),
-        ("mhc",): ("sinkhorn_iters", "bias_init", "identity_logit", "phi_init", "phi_init_std", "pre_eps",
-                   "sinkhorn_eps"),
-    }  # fmt: skip
-    for archs, names in only.items():
-        for name in names:
-            if conn.arch not in archs and getattr(conn, name) != getattr(default, name):
-                which = " or ".join(f"'{a}'" for a in archs)
-                raise ConfigError(f"connection.{name} applies to arch {which} only (arch is '{conn.arch}')")
-    if conn.arch == "mhc" and conn.phi_init == "unit" and conn.alpha_init <= 0:
-        raise ConfigError(
-            f"connection.phi_init='unit' scales phi by 1/alpha_init, which must be > 0 (got {conn.alpha_init})"
-        )
-    if conn.arch == "mhc" and conn.kernels == "triton" and not (conn.learn_res and conn.learn_pre and conn.learn_post):
-        raise ConfigError("connection.kernels='triton' needs every mHC mapping learned (learn_res/pre/post = true)")
-    if conn.kernels not in ("auto", "reference", "triton", "cpu"):
-        raise ConfigError(f"connection.kernels: {conn.kernels!r} is not one of ['auto', 'reference', 'triton', 'cpu']")
-    if conn.recompute_layers < -1:
-        raise ConfigError(f"connection.recompute_layers must be -1 (auto), 0 (off) or > 0, got {conn.recompute_layers}")
-    if conn.sinkhorn_iters < 1:
-        raise ConfigError(f"connection.sinkhorn_iters must be >= 1, got {conn.sinkhorn_iters}")
+    """Semantic checks that types alone cannot express (and the bounds, for configs built in code)."""
+    check_bounds(cfg, "model")
+    att, ffn = cfg.attention, cfg.ffn
+    cfg.connection.validate()
     if att.qk_rope_dim % 2:
-        raise ConfigError(f"attention.qk_rope_dim must be even, got {att.qk_rope_dim}")
+        raise ConfigError(f"model.attention.qk_rope_dim must be even, got {att.qk_rope_dim}")
     if ffn.n_dense_layers > cfg.n_layers:
-        raise ConfigError(f"ffn.n_dense_layers ({ffn.n_dense_layers}) exceeds n_layers ({cfg.n_layers})")
-    if ffn.kind == "moe":
-        moe = ffn.moe
-        if not 1 <= moe.n_active <= moe.n_routed:
-            raise ConfigError(f"ffn.moe.n_active must be in [1, n_routed={moe.n_routed}], got {moe.n_active}")
-    positive = {
-        "vocab_size": cfg.vocab_size,
-        "dim": cfg.dim,
-        "n_layers": cfg.n_layers,
-        "max_seq_len": cfg.max_seq_len,
-        "attention.n_heads": att.n_heads,
-        "attention.qk_nope_dim": att.qk_nope_dim,
-        "attention.qk_rope_dim": att.qk_rope_dim,
-        "attention.v_dim": att.v_dim,
-        "attention.kv_rank": att.kv_rank,
-        "ffn.dense_dim": ffn.dense_dim,
-        "ffn.moe.expert_dim": ffn.moe.expert_dim,
-        "ffn.moe.n_routed": ffn.moe.n_routed,
-    }
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
+        raise ConfigError(f"model.ffn.n_dense_layers ({ffn.n_dense_layers}) exceeds n_layers ({cfg.n_layers})")
+    if ffn.kind == "moe" and not ffn.moe.n_active <= ffn.moe.n_routed:
+        raise ConfigError(f"model.ffn.moe.n_active must be <= n_routed ({ffn.moe.n_routed}), got {ffn.moe.n_active}")
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    """The optimiser and schedule checks that bounds alone cannot express."""
+    check_bounds(cfg, "train")
+    if not all(b < 1 for b in cfg.betas):
+        raise ConfigError(f"train.betas must be < 1, got {list(cfg.betas)}")
+    if len(cfg.decay_at) != len(cfg.decay_rates):
+        raise ConfigError(
+            f"train.decay_at ({len(cfg.decay_at)} values) and train.decay_rates ({len(cfg.decay_rates)}) must pair up"
+        )
+    if not all(0 <= at <= 1 for at in cfg.decay_at):
+        raise ConfigError(f"train.decay_at must be fractions of training in [0, 1], got {list(cfg.decay_at)}")

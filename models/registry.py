@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from .config import (
     AttentionConfig,
     ConfigError,
-    ConnectionConfig,
     FFNConfig,
     ModelConfig,
     MoEConfig,
     TrainConfig,
+    connection_config,
 )
 
 
@@ -238,5 +238,5 @@ def get_scale(name: str) -> Scale:
 def model_config(scale: str, arch: str = "baseline", **connection: object) -> ModelConfig:
     """The model config of a named scale with the given connection arch (and connection overrides)."""
     base = get_scale(scale).model
-    conn = dataclasses.replace(ConnectionConfig(), arch=arch, **connection)
+    conn = connection_config(arch, **connection)
     return dataclasses.replace(base, connection=conn)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from models.config import ConnectionConfig
+from models.config import connection_config
 from models.connections import HyperConnection, ManifoldHyperConnection, sinkhorn
 from models.diagnostics import capture_mappings
 from models.kernels.reference import post_res_mix, pre_mix
@@ -56,7 +56,7 @@ def _mhc_reference(x, phi, bias, alpha, n, iters, eps):
 
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_mhc_mappings_match_paper_equations(n):
-    cfg = ConnectionConfig(arch="mhc", n=n)
+    cfg = connection_config(arch="mhc", n=n)
     conn = ManifoldHyperConnection(cfg, dim=8, index=3, norm_eps=1e-6)
     with torch.no_grad():
         conn.alpha.copy_(torch.tensor([0.7, -0.4, 1.3]))  # distinct alphas: a swapped split would show
@@ -71,7 +71,7 @@ def test_mhc_mappings_match_paper_equations(n):
 
 
 def test_mhc_coefficients_are_float32_for_bf16_activations():
-    conn = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=4), dim=16, index=0)
+    conn = ManifoldHyperConnection(connection_config(arch="mhc", n=4), dim=16, index=0)
     x = torch.randn(3, 7, 4, 16, dtype=torch.bfloat16)
     H_pre, H_post, H_res = conn.mappings(x)
     assert H_pre.dtype == H_post.dtype == H_res.dtype == torch.float32
@@ -82,7 +82,7 @@ def test_mhc_coefficients_are_float32_for_bf16_activations():
 
 def test_forward_applies_the_computed_H_res(monkeypatch):
     """If H_res is a permutation and H_post = 0, the output must be exactly the permuted streams."""
-    conn = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=3), dim=4, index=0)
+    conn = ManifoldHyperConnection(connection_config(arch="mhc", n=3), dim=4, index=0)
     perm = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     x = torch.randn(2, 3, 4)
     # coefficients_from is what every kernel path (fused or not) turns the projection into the mappings with
@@ -157,7 +157,7 @@ def test_hc_at_init_is_the_prenorm_residual_model(moe):
 def test_hc_init_follows_eq14():
     n = 4
     for index in range(6):
-        conn = HyperConnection(ConnectionConfig(arch="hc", n=n), dim=8, index=index)
+        conn = HyperConnection(connection_config(arch="hc", n=n), dim=8, index=index)
         torch.testing.assert_close(conn.static_pre, torch.eye(n)[index % n])
         torch.testing.assert_close(conn.static_res, torch.eye(n))
         torch.testing.assert_close(conn.static_post, torch.ones(n))
@@ -168,7 +168,7 @@ def test_hc_init_follows_eq14():
 
 def test_hc_dynamic_rows_come_from_their_own_stream():
     """H_res[i, j] = A_r[j, i] with row j of alpha computed from stream j (Algorithm 2)."""
-    conn = HyperConnection(ConnectionConfig(arch="hc", n=3, hc_tanh=False), dim=5, index=0, norm_eps=1e-6)
+    conn = HyperConnection(connection_config(arch="hc", n=3, hc_tanh=False), dim=5, index=0, norm_eps=1e-6)
     with torch.no_grad():
         conn.dynamic_res.normal_()
         conn.dynamic_alpha_scale.fill_(1.0)
@@ -181,7 +181,7 @@ def test_hc_dynamic_rows_come_from_their_own_stream():
 
 
 def test_table1_fixed_mappings():
-    cfg = ConnectionConfig(arch="hc", n=4, learn_res=False, learn_pre=False, learn_post=False)
+    cfg = connection_config(arch="hc", n=4, learn_res=False, learn_pre=False, learn_post=False)
     conn = HyperConnection(cfg, dim=8, index=0)
     assert sum(p.numel() for p in conn.parameters()) == 0
     H_pre, H_post, H_res = conn.mappings(torch.randn(2, 4, 8))
@@ -204,7 +204,7 @@ def test_all_fixed_hc_equals_residual_after_any_weights():
 
 
 def test_mhc_identity_bias_init():
-    cfg = ConnectionConfig(arch="mhc", n=4, bias_init="identity", identity_logit=6.0)
+    cfg = connection_config(arch="mhc", n=4, bias_init="identity", identity_logit=6.0)
     conn = ManifoldHyperConnection(cfg, dim=8, index=5)
     with torch.no_grad():
         conn.phi.zero_()
@@ -218,7 +218,7 @@ def test_mhc_identity_bias_init():
 def test_mhc_spread_init_gives_every_stream_its_own_h_post():
     """The shipped init: H_res ~ I, H_pre ~ one-hot of stream (l mod n), H_post 2 sigmoid(+-1) with the large value
     on stream (l mod n): the forward symmetry of replicated streams is broken from the first sub-layer."""
-    cfg = ConnectionConfig(arch="mhc", n=4, bias_init="spread", identity_logit=4.0)
+    cfg = connection_config(arch="mhc", n=4, bias_init="spread", identity_logit=4.0)
     conn = ManifoldHyperConnection(cfg, dim=8, index=6)
     with torch.no_grad():
         conn.phi.zero_()
@@ -236,7 +236,7 @@ def test_mhc_unit_phi_gives_unit_input_dependent_logits(n, dim):
     """phi_init = unit: alpha * RMSNorm(vec x) phi has standard deviation ~1 (normal: ~0.02 sqrt(nC) alpha)."""
     torch.manual_seed(0)
     for init, expected in (("unit", 1.0), ("normal", 0.02 * (n * dim) ** 0.5 * 0.01)):
-        conn = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=n, phi_init=init), dim=dim, index=0)
+        conn = ManifoldHyperConnection(connection_config(arch="mhc", n=n, phi_init=init), dim=dim, index=0)
         x = torch.randn(4096, n * dim)
         x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
         logits = conn.alpha[0].item() * (x @ conn.phi)
@@ -245,13 +245,13 @@ def test_mhc_unit_phi_gives_unit_input_dependent_logits(n, dim):
 
 def test_mhc_fixed_res_is_identity_hc():
     """learn_res = false: H_res = I exactly, no H_res parameters; H_pre and H_post still learned."""
-    cfg = ConnectionConfig(arch="mhc", n=4, learn_res=False)
+    cfg = connection_config(arch="mhc", n=4, learn_res=False)
     conn = ManifoldHyperConnection(cfg, dim=8, index=1)
     assert conn.phi.shape == (32, 8) and conn.bias.shape == (8,) and conn.alpha.shape == (2,)
     x = torch.randn(3, 4, 8)
     H_pre, H_post, H_res = conn.mappings(x)
     torch.testing.assert_close(H_res, torch.eye(4).expand(3, 4, 4))
-    full = ManifoldHyperConnection(ConnectionConfig(arch="mhc", n=4), dim=8, index=1)
+    full = ManifoldHyperConnection(connection_config(arch="mhc", n=4), dim=8, index=1)
     with torch.no_grad():  # the same pre/post parameters give the same H_pre, H_post as the full module
         full.phi[:, :8] = conn.phi
         full.bias[:8] = conn.bias

@@ -13,7 +13,7 @@ import importlib.util
 import pytest
 import torch
 
-from models.config import ConnectionConfig
+from models.config import connection_config
 from models.connections import build_connection
 from models.kernels import cpu_compiler_available, get_ops, reference
 
@@ -164,7 +164,7 @@ def test_cpu_ops_reject_other_dtypes():
 def _connection_grads(arch: str, n: int, backend: str, **overrides):
     """Output and gradients (state and every parameter) of one connection around a small nonlinear sub-layer."""
     torch.manual_seed(3)
-    cfg = ConnectionConfig(arch=arch, n=n, kernels=backend, **overrides)
+    cfg = connection_config(arch=arch, n=n, kernels=backend, **overrides)
     conn = build_connection(cfg, C, 1, 1e-6)
     with torch.no_grad():  # away from the init, where HC's dynamic weights are zero and streams identical
         for p in conn.parameters():
@@ -220,7 +220,7 @@ def test_cpu_coefficients_survive_extreme_logits(spread):
 @needs_compiler
 def test_cpu_mhc_connection_gradients_stay_finite_at_extreme_logits():
     """A whole mHC connection whose H_res logits are +-40 (bias) trains without a non-finite gradient."""
-    cfg = ConnectionConfig(arch="mhc", n=4, kernels="cpu")
+    cfg = connection_config(arch="mhc", n=4, kernels="cpu")
     conn = build_connection(cfg, C, 0, 1e-6)
     with torch.no_grad():
         conn.bias[8:] = 40.0 * (torch.randint(0, 2, (16,)).float() * 2 - 1)

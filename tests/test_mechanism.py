@@ -15,7 +15,8 @@ import pytest
 
 from models.diagnostics import MECHANISM_THRESHOLDS, mechanism_operated
 from tests.conftest import needs_corpus
-from training.trainer import Trainer, load_run_config
+from training.config import load_run_config
+from training.trainer import Trainer
 
 STEPS = 40
 

@@ -170,10 +170,10 @@ def test_autocast_keeps_coefficients_and_streams_in_float32(arch):
 
 
 def test_hc_dynamic_pre_and_post_come_from_their_own_stream():
-    from models.config import ConnectionConfig
+    from models.config import connection_config
     from models.connections import HyperConnection
 
-    conn = HyperConnection(ConnectionConfig(arch="hc", n=3, hc_tanh=False), dim=5, index=1, norm_eps=1e-6)
+    conn = HyperConnection(connection_config(arch="hc", n=3, hc_tanh=False), dim=5, index=1, norm_eps=1e-6)
     with torch.no_grad():
         conn.dynamic_pre.normal_()
         conn.dynamic_post.normal_()

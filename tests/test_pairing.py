@@ -15,7 +15,8 @@ import yaml
 
 from analysis.plan import all_variants
 from tests.conftest import needs_corpus
-from training.trainer import Trainer, load_run_config
+from training.config import load_run_config
+from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -68,7 +68,7 @@ def test_paper_tier_plan_is_the_papers_experiment_set():
 
 
 def test_train_overrides_keep_their_types():
-    from training.trainer import parse_value
+    from models.config import parse_value
 
     config = load("config.yaml")
     config["scales"]["cpu-dense-d8"]["train"] = {"lr": 3e-3, "betas": [0.9, 0.95]}

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from ..config import ConnectionConfig
 from ..kernels.sinkhorn import sinkhorn
-from .base import Connection, StreamConnection
+from .base import Connection, StreamConfig, StreamConnection
 from .gain import ResidualGain
-from .hc import HyperConnection
-from .mhc import ManifoldHyperConnection
+from .hc import HCConfig, HyperConnection
+from .mhc import ManifoldHyperConnection, MHCConfig
 from .residual import Residual
 
-# arch name -> connection class. A new variant registers itself here.
-CONNECTIONS: dict[str, type[Connection]] = {
-    "baseline": Residual,
-    "gain": ResidualGain,
-    "hc": HyperConnection,
-    "mhc": ManifoldHyperConnection,
+# The one list of arch names: arch -> (connection class, its config class). A new variant registers itself here;
+# every other list of names (config validation, the CLI's choices, the workflow's schema) is derived from it.
+VARIANTS: dict[str, tuple[type[Connection], type[ConnectionConfig]]] = {
+    "baseline": (Residual, ConnectionConfig),
+    "gain": (ResidualGain, ConnectionConfig),
+    "hc": (HyperConnection, HCConfig),
+    "mhc": (ManifoldHyperConnection, MHCConfig),
 }
+CONNECTIONS: dict[str, type[Connection]] = {arch: cls for arch, (cls, _) in VARIANTS.items()}
+ConnectionConfig.variants.update({arch: config for arch, (_, config) in VARIANTS.items()})
 
 
 def connection_class(cfg: ConnectionConfig) -> type[Connection]:
@@ -32,8 +35,12 @@ def build_connection(cfg: ConnectionConfig, dim: int, index: int, norm_eps: floa
 
 __all__ = [
     "CONNECTIONS",
+    "VARIANTS",
     "Connection",
+    "HCConfig",
     "HyperConnection",
+    "MHCConfig",
+    "StreamConfig",
     "ManifoldHyperConnection",
     "Residual",
     "ResidualGain",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -119,6 +120,22 @@ def grad_norm(*parts: torch.Tensor | None) -> float | None:
     if not present:
         return None
     return float(torch.sqrt(sum(p.detach().float().pow(2).sum() for p in present)))
+
+
+@dataclass
+class StreamConfig(ConnectionConfig):
+    """Fields of the multi-stream variants (HC, mHC): the mHC paper's Table 1 switches.
+
+    A disabled mapping is replaced by its fixed form (H_pre -> 1/n, H_post -> 1, H_res -> I) and has no
+    parameters. mHC with learn_res = false is "identity HC": the learned pre/post maps without stream mixing.
+    """
+
+    learn_res: bool = True
+    learn_pre: bool = True
+    learn_post: bool = True
+
+    def streams(self) -> int:
+        return self.n
 
 
 class StreamConnection(Connection):

@@ -16,16 +16,28 @@ The per-stream norm is an RMSNorm with a weight (|theta_norm| = C, as in the mHC
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import ConnectionConfig
 from ..layers import RMSNorm
-from .base import StreamConnection, grad_norm
+from .base import StreamConfig, StreamConnection, grad_norm
+
+
+@dataclass
+class HCConfig(StreamConfig):
+    """Hyper-Connections (HC paper Eq. 8-14, Algorithm 2)."""
+
+    arch: str = "hc"
+    hc_dynamic: bool = True  # False = static HC (SHC)
+    hc_tanh: bool = True  # False = "DHC w/o tanh"
 
 
 class HyperConnection(StreamConnection):
-    def __init__(self, cfg: ConnectionConfig, dim: int, index: int, norm_eps: float = 1e-6):
+    cfg: HCConfig
+
+    def __init__(self, cfg: HCConfig, dim: int, index: int, norm_eps: float = 1e-6):
         super().__init__(cfg, dim, index, norm_eps)
         n = cfg.n
         self.dynamic = cfg.hc_dynamic and (cfg.learn_pre or cfg.learn_res or cfg.learn_post)

@@ -22,18 +22,56 @@ The mHC paper's Table 1 switches (`learn_res/pre/post = false`) replace a mappin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ..config import ConnectionConfig
+from ..config import ConfigError, above, at_least
 from ..kernels.reference import proj_rms
 from ..kernels.sinkhorn import sinkhorn_fast
-from .base import StreamConnection, grad_norm
+from .base import StreamConfig, StreamConnection, grad_norm
+
+
+@dataclass
+class MHCConfig(StreamConfig):
+    """mHC (paper Eq. 7-9). Defaults follow the paper (n = 4, alpha init 0.01, t_max = 20); what it leaves open
+    (phi/b initialisation, epsilons) is an explicit field."""
+
+    arch: str = "mhc"
+    sinkhorn_iters: int = at_least(20, 1)
+    # Static bias b (the paper does not give it; see README "Initialisation"):
+    # - "zero": b = 0 (Megatron / HF DeepSeek-V4): H_pre ~ 1/2, H_post ~ 1, H_res ~ J/n. The streams start as
+    #   copies and J/n re-averages them every sub-layer, so H_res gets almost no gradient.
+    # - "identity": H_res ~ I and H_pre ~ one-hot of stream (l mod n) (logits +-identity_logit), H_post = 1, as
+    #   HC's Eq. 14. Streams that differ stay different, but nothing makes them differ in the forward pass.
+    # - "spread": "identity" plus H_post = 2 sigmoid(+-1) = 1.46 on stream (l mod n) and 0.54 on the others, so
+    #   every sub-layer writes a different amount into each stream and the streams differ from the first
+    #   sub-layer on (the forward symmetry is broken).
+    bias_init: Literal["zero", "identity", "spread"] = "spread"
+    identity_logit: float = 4.0  # the +- logit of "identity" / "spread": Sinkhorn(exp(4 I)) has diagonal 0.95
+    # phi init: "normal" draws N(0, phi_init_std); "unit" draws N(0, 1 / (alpha_init sqrt(nC))), so that the
+    # input-dependent logits alpha * RMSNorm(x) phi start with unit standard deviation instead of ~0.003.
+    phi_init: Literal["normal", "unit"] = "unit"
+    phi_init_std: float = above(0.02, 0)
+    # Epsilons the paper does not show (DeepSeek-V4 code uses 1e-6 for both); 0 = paper.
+    pre_eps: float = at_least(0.0, 0)  # added to sigma(.) of H_pre
+    sinkhorn_eps: float = at_least(0.0, 0)  # added to every Sinkhorn denominator
+
+    def validate(self) -> None:
+        if self.phi_init == "unit" and self.alpha_init <= 0:
+            raise ConfigError(
+                f"connection.phi_init='unit' scales phi by 1/alpha_init, which must be > 0 (got {self.alpha_init})"
+            )
+        if self.kernels == "triton" and not (self.learn_res and self.learn_pre and self.learn_post):
+            raise ConfigError("connection.kernels='triton' needs every mHC mapping learned (learn_res/pre/post = true)")
 
 
 class ManifoldHyperConnection(StreamConnection):
-    def __init__(self, cfg: ConnectionConfig, dim: int, index: int, norm_eps: float = 1e-20):
+    cfg: MHCConfig
+
+    def __init__(self, cfg: MHCConfig, dim: int, index: int, norm_eps: float = 1e-20):
         super().__init__(cfg, dim, index, norm_eps)
         n = cfg.n
         # the learned mappings in [pre | post | res] order, with their widths in phi / b
