@@ -309,6 +309,11 @@ def from_dict(cls: type[T], data: dict[str, Any], _path: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         path = f"{_path}.{key}" if _path else key
+        if key not in names and isinstance(cls, type) and issubclass(cls, ConnectionConfig):
+            owners = [a for a, c in ConnectionConfig.variants.items() if key in {f.name for f in dataclasses.fields(c)}]
+            if owners:
+                which = " or ".join(f"'{a}'" for a in owners)
+                raise ConfigError(f"{path} applies to arch {which} only (arch is '{data.get('arch', cls.arch)}')")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

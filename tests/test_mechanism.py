@@ -39,7 +39,7 @@ def train_tiny_mhc(shards: Path, out: Path, *overrides: str) -> dict:
         "run.progress=false",
     ]
     cfg = load_run_config(None, base + list(overrides))
-    assert Trainer(cfg, out).run() == 0
+    assert Trainer(cfg, out).run() == "completed"
     records = [json.loads(line) for line in (out / "diagnostics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, STEPS]
     return records
