@@ -5,7 +5,7 @@
 For each C in --dims (the 3B / 9B / 27B widths) and each op -- (a) proj_rms, (b+c) coefficients with
 Sinkhorn, (d) pre_mix, (e) post_res_mix, and the whole mHC connection around an identity F -- it times
 forward + backward (random upstream gradients) of:
-  eager     the pure-PyTorch reference (models/kernels/reference.py)
+  eager     the pure-PyTorch reference (models/kernels/torch_ops.py)
   compile   torch.compile of the same reference (CUDA by default; --compile to force on the CPU, where it is
             Inductor's C++ backend)
   fused     our Triton kernels on CUDA; on the CPU our C++ kernels (models/kernels/cpu_ops.py; the whole
@@ -30,7 +30,7 @@ import torch
 
 from models.config import ConnectionConfig
 from models.connections import ManifoldHyperConnection
-from models.kernels import cpu_compiler_available, reference
+from models.kernels import cpu_compiler_available, torch_ops
 
 from . import step_time
 
@@ -79,7 +79,7 @@ def op_cases(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
         return (scale * torch.randn(*shape, device=device)).to(dtype).requires_grad_()
 
     def impls(name: str) -> dict[str, Callable]:
-        out = {"eager": getattr(reference, name)}
+        out = {"eager": getattr(torch_ops, name)}
         if device.type == "cuda":
             from models.kernels import triton_ops
 

@@ -20,7 +20,7 @@ import torch
 
 from analysis.measure import machine
 from benchmarks.step_time import step
-from models.kernels import reference, sinkhorn
+from models.kernels import sinkhorn, torch_ops
 from models.registry import get_scale, model_config
 from models.transformer import Transformer
 
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         models[arch] = Transformer(model_config(args.scale, arch))
     step_ms = {"baseline": median_ms(lambda: step(models["baseline"], tokens), args.steps)}
     for name, fn in ops.items():
-        reference.sinkhorn_fast = fn  # the PyTorch path's Sinkhorn, swapped for this measurement only
+        torch_ops.sinkhorn_fast = fn  # the PyTorch path's Sinkhorn, swapped for this measurement only
         step_ms[f"mhc ({name})"] = median_ms(lambda: step(models["mhc"], tokens), args.steps)
-    reference.sinkhorn_fast = ops["fast"]
+    torch_ops.sinkhorn_fast = ops["fast"]
 
     print(f"{machine()}, {args.threads} thread(s); Sinkhorn: {args.tokens} tokens x {args.n}x{args.n}, 20 iterations")
     for name, ms in op_ms.items():

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from ..config import ConnectionConfig
-from ..kernels.reference import proj_rms
 from ..kernels.sinkhorn import sinkhorn_fast
+from ..kernels.torch_ops import proj_rms
 from .base import StreamConnection, grad_norm
 
 
