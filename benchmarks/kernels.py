@@ -28,6 +28,7 @@ from functools import partial
 
 import torch
 
+from common.devices import auto_device
 from models.config import ConnectionConfig
 from models.connections import ManifoldHyperConnection
 from models.kernels import cpu_compiler_available, torch_ops
@@ -149,10 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=None, help="default: 20 on CUDA, 3 on the CPU")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile on the CPU")
     parser.add_argument("--model-scale", default=None, help="scale for the whole-model ratio (gpu-s / tiny)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = torch.device(auto_device(args.device))
     cuda = device.type == "cuda"
     T = args.tokens or (8192 if cuda else 1024)
     iters = args.iters or (20 if cuda else 3)

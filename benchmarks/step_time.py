@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from analysis.measure import machine  # noqa: F401 - re-exported for the other benchmark scripts
 from common.allocator import keep_freed_memory
+from common.devices import auto_device
 from models.registry import model_config
 from models.transformer import Transformer
 
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
     keep_freed_memory()  # the allocator setting training runs with (models/allocator.py)
 
-    device = torch.device(args.device)
+    device = torch.device(auto_device(args.device))
     models = {}
     for arch in ARCHS:
         torch.manual_seed(0)
