@@ -21,7 +21,6 @@ Finally the whole-model step-time ratio mHC / baseline is measured with `benchma
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from functools import partial
@@ -29,6 +28,7 @@ from functools import partial
 import torch
 
 from common.devices import auto_device
+from common.timing import median_seconds
 from models.config import ConnectionConfig
 from models.connections import ManifoldHyperConnection
 from models.kernels import cpu_compiler_available, torch_ops
@@ -45,30 +45,22 @@ def peak_bandwidth(device: torch.device) -> float | None:
     return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_fwd_bwd(fn: Callable, make_inputs: Callable, device: torch.device, warmup: int, iters: int) -> float:
     """Median seconds of fn(*inputs) + backward with a fixed random upstream gradient."""
     inputs = make_inputs()
     outs = fn(*inputs)
     outs = outs if isinstance(outs, tuple) else (outs,)
     upstream = [torch.randn_like(o) for o in outs]
-    times = []
-    for i in range(warmup + iters):
+
+    def clear_grads() -> None:
         for x in inputs:
             x.grad = None
-        sync(device)
-        t0 = time.perf_counter()
+
+    def fwd_bwd() -> None:
         outs = fn(*inputs)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        torch.autograd.backward(outs, upstream)
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        torch.autograd.backward(outs if isinstance(outs, tuple) else (outs,), upstream)
+
+    return median_seconds(fwd_bwd, iters, warmup, device, prepare=clear_grads)
 
 
 def op_cases(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
