@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--default-malloc",
         action="store_true",
-        help="leave glibc's malloc thresholds at their defaults (training raises them: models/allocator.py)",
+        help="leave glibc's malloc thresholds at their defaults (training raises them: common/allocator.py)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         steps[name] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), scale_tokens)
     whole = {name: 1e3 * s for name, s in round_robin(steps, args.steps).items()}
 
-    malloc = "glibc defaults" if args.default_malloc else "thresholds raised (models/allocator.py)"
+    malloc = "glibc defaults" if args.default_malloc else "thresholds raised (common/allocator.py)"
     print(f"{machine()}, {args.threads} thread(s); malloc {malloc}; fused CPU kernels loaded in {load_seconds:.1f} s")
     shape = f"dim {args.dim}, {args.blocks} blocks, batch {args.batch} x {args.seq}"
     print(f"small transformer ({shape}), forward + backward + AdamW, median of {args.steps}:")

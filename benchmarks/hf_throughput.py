@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         help="HF experts_implementation (eager, batched_mm, grouped_mm; default: HF's choice)",
     )
     args = parser.parse_args(argv)
-    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py), for both models
+    keep_freed_memory()  # the allocator setting training runs with (common/allocator.py), for both models
 
     import transformers
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py)
+    keep_freed_memory()  # the allocator setting training runs with (common/allocator.py)
 
     device = torch.device(auto_device(args.device))
     models = {}
