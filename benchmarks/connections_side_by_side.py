@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import statistics
 import time
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from torch import nn
 
 from analysis.measure import machine
 from common.allocator import keep_freed_memory
+from common.timing import round_robin
 from models.config import connection_config
 from models.connections import build_connection
 from models.kernels import cpu_ops
@@ -119,18 +119,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch
     return step
 
 
-def round_robin(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per call of every step function, the functions interleaved."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(warmup + repeats):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, default=256)
@@ -144,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--default-malloc",
         action="store_true",
-        help="leave glibc's malloc thresholds at their defaults (training raises them: models/allocator.py)",
+        help="leave glibc's malloc thresholds at their defaults (training raises them: common/allocator.py)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -164,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         model = Net(kind, args.dim, args.blocks, args.vocab)
         steps[kind] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), tokens)
-    small = round_robin(steps, args.steps)
+    small = {kind: 1e3 * s for kind, s in round_robin(steps, args.steps).items()}
 
     scale = get_scale(args.scale)
     batch, seq = scale.train.batch_size, scale.train.seq_len
@@ -181,9 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         model = Transformer(model_config(args.scale, arch, kernels=kernels))
         name = arch if arch == "baseline" else f"{arch}-{kernels}"
         steps[name] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), scale_tokens)
-    whole = round_robin(steps, args.steps)
+    whole = {name: 1e3 * s for name, s in round_robin(steps, args.steps).items()}
 
-    malloc = "glibc defaults" if args.default_malloc else "thresholds raised (models/allocator.py)"
+    malloc = "glibc defaults" if args.default_malloc else "thresholds raised (common/allocator.py)"
     print(f"{machine()}, {args.threads} thread(s); malloc {malloc}; fused CPU kernels loaded in {load_seconds:.1f} s")
     shape = f"dim {args.dim}, {args.blocks} blocks, batch {args.batch} x {args.seq}"
     print(f"small transformer ({shape}), forward + backward + AdamW, median of {args.steps}:")

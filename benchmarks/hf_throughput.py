@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
-import time
+from functools import partial
 
 import torch
 from torch import nn
 
 from benchmarks.step_time import machine, step
 from common.allocator import keep_freed_memory
+from common.timing import round_robin
 from models.config import ModelConfig
 from models.moe import MoE
 from models.registry import model_config
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         help="HF experts_implementation (eager, batched_mm, grouped_mm; default: HF's choice)",
     )
     args = parser.parse_args(argv)
-    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py), for both models
+    keep_freed_memory()  # the allocator setting training runs with (common/allocator.py), for both models
 
     import transformers
 
@@ -200,16 +200,12 @@ def main(argv: list[str] | None = None) -> None:
         print("  (differences would come from parameters one side has and the other lacks; see copy_weights)")
     print(f"max |logits ours - logits HF| with our weights copied into HF: {diff:.2e}")
 
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for i in range(args.warmup + args.steps):
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            step(model, tokens, logits_of)
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+    seconds = round_robin(
+        {name: partial(step, model, tokens, logits_of) for name, model in models.items()}, args.steps, args.warmup
+    )
 
     n_tokens = args.batch * args.seq
-    tps = {name: n_tokens / statistics.median(t) for name, t in times.items()}
+    tps = {name: n_tokens / s for name, s in seconds.items()}
     for name in models:
         print(f"  {name:4s} median {n_tokens / tps[name] * 1e3:8.2f} ms/step  {tps[name]:10.0f} tok/s")
     ratio = tps["ours"] / tps["hf"]

@@ -5,7 +5,7 @@
 For each C in --dims (the 3B / 9B / 27B widths) and each op -- (a) proj_rms, (b+c) coefficients with
 Sinkhorn, (d) pre_mix, (e) post_res_mix, and the whole mHC connection around an identity F -- it times
 forward + backward (random upstream gradients) of:
-  eager     the pure-PyTorch reference (models/kernels/reference.py)
+  eager     the pure-PyTorch reference (models/kernels/torch_ops.py)
   compile   torch.compile of the same reference (CUDA by default; --compile to force on the CPU, where it is
             Inductor's C++ backend)
   fused     our Triton kernels on CUDA; on the CPU our C++ kernels (models/kernels/cpu_ops.py; the whole
@@ -21,16 +21,17 @@ Finally the whole-model step-time ratio mHC / baseline is measured with `benchma
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from functools import partial
 
 import torch
 
+from common.devices import auto_device
+from common.timing import median_seconds
 from models.config import connection_config
 from models.connections import ManifoldHyperConnection
-from models.kernels import cpu_compiler_available, reference
+from models.kernels import cpu_compiler_available, torch_ops
 
 from . import step_time
 
@@ -44,30 +45,22 @@ def peak_bandwidth(device: torch.device) -> float | None:
     return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_fwd_bwd(fn: Callable, make_inputs: Callable, device: torch.device, warmup: int, iters: int) -> float:
     """Median seconds of fn(*inputs) + backward with a fixed random upstream gradient."""
     inputs = make_inputs()
     outs = fn(*inputs)
     outs = outs if isinstance(outs, tuple) else (outs,)
     upstream = [torch.randn_like(o) for o in outs]
-    times = []
-    for i in range(warmup + iters):
+
+    def clear_grads() -> None:
         for x in inputs:
             x.grad = None
-        sync(device)
-        t0 = time.perf_counter()
+
+    def fwd_bwd() -> None:
         outs = fn(*inputs)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        torch.autograd.backward(outs, upstream)
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        torch.autograd.backward(outs if isinstance(outs, tuple) else (outs,), upstream)
+
+    return median_seconds(fwd_bwd, iters, warmup, device, prepare=clear_grads)
 
 
 def op_cases(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
@@ -79,7 +72,7 @@ def op_cases(T: int, n: int, C: int, act: torch.dtype, device: torch.device):
         return (scale * torch.randn(*shape, device=device)).to(dtype).requires_grad_()
 
     def impls(name: str) -> dict[str, Callable]:
-        out = {"eager": getattr(reference, name)}
+        out = {"eager": getattr(torch_ops, name)}
         if device.type == "cuda":
             from models.kernels import triton_ops
 
@@ -149,10 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=None, help="default: 20 on CUDA, 3 on the CPU")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile on the CPU")
     parser.add_argument("--model-scale", default=None, help="scale for the whole-model ratio (gpu-s / tiny)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = torch.device(auto_device(args.device))
     cuda = device.type == "cuda"
     T = args.tokens or (8192 if cuda else 1024)
     iters = args.iters or (20 if cuda else 3)

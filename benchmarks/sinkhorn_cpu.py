@@ -12,28 +12,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 from analysis.measure import machine
 from benchmarks.step_time import step
-from models.kernels import reference, sinkhorn
+from common.timing import median_seconds
+from models.kernels import sinkhorn, torch_ops
 from models.registry import get_scale, model_config
 from models.transformer import Transformer
-
-
-def median_ms(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             fn(logits, 20).backward(upstream)
             logits.grad = None
 
-        op_ms[name] = median_ms(run, 50)
+        op_ms[name] = 1e3 * median_seconds(run, 50)
 
     train = get_scale(args.scale).train
     tokens = torch.randint(0, 4096, (train.batch_size, train.seq_len + 1))
@@ -64,11 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     for arch in ("baseline", "mhc"):
         torch.manual_seed(0)
         models[arch] = Transformer(model_config(args.scale, arch))
-    step_ms = {"baseline": median_ms(lambda: step(models["baseline"], tokens), args.steps)}
+    step_ms = {"baseline": 1e3 * median_seconds(lambda: step(models["baseline"], tokens), args.steps)}
     for name, fn in ops.items():
-        reference.sinkhorn_fast = fn  # the PyTorch path's Sinkhorn, swapped for this measurement only
-        step_ms[f"mhc ({name})"] = median_ms(lambda: step(models["mhc"], tokens), args.steps)
-    reference.sinkhorn_fast = ops["fast"]
+        torch_ops.sinkhorn_fast = fn  # the PyTorch path's Sinkhorn, swapped for this measurement only
+        step_ms[f"mhc ({name})"] = 1e3 * median_seconds(lambda: step(models["mhc"], tokens), args.steps)
+    torch_ops.sinkhorn_fast = ops["fast"]
 
     print(f"{machine()}, {args.threads} thread(s); Sinkhorn: {args.tokens} tokens x {args.n}x{args.n}, 20 iterations")
     for name, ms in op_ms.items():

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from analysis.measure import machine  # noqa: F401 - re-exported for the other benchmark scripts
 from common.allocator import keep_freed_memory
+from common.devices import auto_device
+from common.timing import round_robin
 from models.registry import model_config
 from models.transformer import Transformer
 
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py)
+    keep_freed_memory()  # the allocator setting training runs with (common/allocator.py)
 
-    device = torch.device(args.device)
+    device = torch.device(auto_device(args.device))
     models = {}
     for arch in ARCHS:
         torch.manual_seed(0)
@@ -60,19 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     vocab = models["baseline"].cfg.vocab_size
     tokens = torch.randint(0, vocab, (args.batch, args.seq + 1), device=device)
 
-    times: dict[str, list[float]] = {a: [] for a in ARCHS}
-    for i in range(args.warmup + args.steps):
-        for arch in ARCHS:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step(models[arch], tokens)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= args.warmup:
-                times[arch].append(time.perf_counter() - t0)
-
-    med = {a: statistics.median(t) for a, t in times.items()}
+    steps = {arch: partial(step, models[arch], tokens) for arch in ARCHS}
+    med = round_robin(steps, args.steps, args.warmup, device)
     print(f"scale={args.scale} batch={args.batch} seq={args.seq} steps={args.steps} device={device} ({machine()})")
     for arch in ARCHS:
         ratio = med[arch] / med["baseline"]

@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .devices import auto_device
+
 LOCK_DIR_ENV = "MHC_GPU_LOCK_DIR"
 DEFAULT_LOCK_DIR = "/tmp/mhc-gpu-locks"
 COUNT_ENV = "MHC_GPU_COUNT"
@@ -221,11 +223,11 @@ def resolve_device(preference: str = "auto", timeout_s: float | None = None) -> 
         return preference
     env = dict(os.environ)
     if _PROCESS_CLAIM is not None or _stays_out(env) or scheduler_assigned(1, env):
-        return "cuda" if preference == "cuda" or _cuda_available() else "cpu"
+        return auto_device(preference)
     pool = machine_gpus(env)
     if not pool:
         # no GPU this module can see (or no nvidia-smi): let torch decide, without a claim
-        return "cuda" if preference == "cuda" or _cuda_available() else "cpu"
+        return auto_device(preference)
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
         raise GpuSlotError("CUDA was initialised before the GPU claim: resolve the device first")
     if timeout_s is None and env.get(WAIT_ENV, "").strip():
@@ -237,12 +239,6 @@ def resolve_device(preference: str = "auto", timeout_s: float | None = None) -> 
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(_PROCESS_CLAIM.gpus)
     os.environ[HELD_ENV] = ",".join(_PROCESS_CLAIM.gpus)
     return "cuda"
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:

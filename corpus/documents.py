@@ -67,7 +67,7 @@ def resolve_data_root(configured: str | os.PathLike[str] | None) -> Path:
             return default.resolve()
         tried.append(f"{default} (does not exist)")
     else:
-        tried.append("../shared/data (no repository root with pyproject.toml above models/data.py)")
+        tried.append("../shared/data (no repository root with pyproject.toml above corpus/documents.py)")
     raise DataError("no data root found; tried: " + "; ".join(tried) + ". Set data_root or $" + DATA_ROOT_ENV + ".")
 
 

@@ -34,6 +34,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from common.devices import auto_device
 from common.files import sha256_file
 from corpus import eot_id, load_tokenizer
 from models.config import ModelConfig, from_dict
@@ -90,7 +91,7 @@ class MhcLM(TemplateLM):
         **kwargs: Any,
     ):
         super().__init__()
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
+        if str(device).startswith("cuda") and auto_device() == "cpu":
             # lm-eval's CLI passes its default device (cuda) to every model; like its HF model, use the CPU.
             warnings.warn(f"device {device!r} requested but CUDA is not available; using the CPU", stacklevel=2)
             device = "cpu"

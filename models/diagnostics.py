@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .connections.scope import in_connection_ops
 from .transformer import Transformer
 
 
@@ -185,8 +186,6 @@ def saved_activation_bytes(model: torch.nn.Module) -> Iterator[dict[str, int]]:
     """Count the bytes autograd saves for backward during the block, split into the connections' own ops
     ("connection") and everything else ("other": F, embedding, head). Each storage is counted once, by the
     first op that saves it; the model's parameters are excluded (they are not activations)."""
-    from .connections.base import in_connection_ops
-
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     counts = {"connection": 0, "other": 0}
     seen: set[int] = set()

@@ -1,4 +1,4 @@
-"""The allocator setting training runs with (models/allocator.py)."""
+"""The allocator setting training runs with (common/allocator.py)."""
 
 from __future__ import annotations
 

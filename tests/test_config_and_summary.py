@@ -118,7 +118,7 @@ def test_every_registered_scale_builds_on_meta():
         (["attention.n_heads=0"], "attention.n_heads must be >= 1"),
         (["ffn.n_dense_layers=9"], "exceeds n_layers"),
         (["connection.kernels=fast"], "'fast' is not one of"),
-            (["connection.arch=mhc", "connection.hc_tanh=true"], "hc_tanh applies to arch 'hc' only"),
+        (["connection.arch=mhc", "connection.hc_tanh=true"], "hc_tanh applies to arch 'hc' only"),
     ],
 )
 def test_semantic_config_errors(overrides, message):

@@ -10,7 +10,7 @@ import torch
 from models.config import connection_config
 from models.connections import HyperConnection, ManifoldHyperConnection, sinkhorn
 from models.diagnostics import capture_mappings
-from models.kernels.reference import post_res_mix, pre_mix
+from models.kernels.torch_ops import post_res_mix, pre_mix
 from models.transformer import Transformer
 from tests.helpers import tiny_config
 

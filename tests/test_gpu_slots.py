@@ -1,4 +1,4 @@
-"""GPUs of one machine shared by concurrent jobs (models/gpu_slots.py), on a simulated 8-GPU workstation.
+"""GPUs of one machine shared by concurrent jobs (common/gpu_slots.py), on a simulated 8-GPU workstation.
 
 No GPU is needed: `MHC_GPU_COUNT` makes the allocator believe the machine has that many, and the jobs are small
 Python processes that record which GPUs they were given (CUDA_VISIBLE_DEVICES) and when they held them.

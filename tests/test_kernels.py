@@ -15,7 +15,7 @@ import torch
 
 from models.config import connection_config
 from models.connections import build_connection
-from models.kernels import cpu_compiler_available, get_ops, reference
+from models.kernels import cpu_compiler_available, get_ops, torch_ops
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 needs_compiler = pytest.mark.skipif(not cpu_compiler_available(), reason="no C++ compiler for the CPU kernels")
@@ -76,7 +76,7 @@ def test_proj_rms(n, backend, dtype):
     x = torch.randn(T, n * C).to(dtype)
     phi = 0.1 * torch.randn(n * C, n * n + 2 * n)
     # phi's gradient sums over all tokens: compare in float32 terms even for bf16 x
-    _compare(lambda a, b: reference.proj_rms(a, b, 1e-6), lambda a, b: fused.proj_rms(a, b, 1e-6), [x, phi], dtype)
+    _compare(lambda a, b: torch_ops.proj_rms(a, b, 1e-6), lambda a, b: fused.proj_rms(a, b, 1e-6), [x, phi], dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -91,7 +91,7 @@ def test_coefficients_and_sinkhorn(n, backend):
     # pre_eps, then sinkhorn_eps: the CPU kernel is the paper's eps = 0 iteration (it hands eps > 0 to the reference)
     args = (n, 20, 1e-6, 1e-6 if backend == "triton" else 0.0)
     _compare(
-        lambda *a: reference.coefficients(*a, *args),
+        lambda *a: torch_ops.coefficients(*a, *args),
         lambda *a: fused.coefficients(*a, *args),
         [hh, inv, alpha, bias],
         torch.float32,
@@ -105,7 +105,7 @@ def test_coefficients_without_eps_and_few_iterations(backend):
     inputs = [torch.randn(T, M), torch.rand(T) + 0.5, torch.tensor([1.0, 1.0, 2.0]), torch.randn(M)]
     for iters in (1, 3):
         _compare(
-            lambda *a, k=iters: reference.coefficients(*a, n, k),
+            lambda *a, k=iters: torch_ops.coefficients(*a, n, k),
             lambda *a, k=iters: fused.coefficients(*a, n, k),
             inputs,
             torch.float32,
@@ -117,7 +117,7 @@ def test_coefficients_without_eps_and_few_iterations(backend):
 def test_pre_mix(n, backend, dtype):
     x = torch.randn(2, T // 2 + 1, n, C).to(dtype)
     H_pre = torch.rand(2, T // 2 + 1, n)
-    _compare(reference.pre_mix, _fused(backend).pre_mix, [x, H_pre], dtype)
+    _compare(torch_ops.pre_mix, _fused(backend).pre_mix, [x, H_pre], dtype)
 
 
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
@@ -127,7 +127,7 @@ def test_post_res_mix(n, backend, dtype):
     H_res = torch.softmax(torch.randn(T, n, n), -1)
     H_post = 2 * torch.rand(T, n)
     y = torch.randn(T, C).to(dtype)
-    _compare(reference.post_res_mix, _fused(backend).post_res_mix, [x, H_res, H_post, y], dtype)
+    _compare(torch_ops.post_res_mix, _fused(backend).post_res_mix, [x, H_res, H_post, y], dtype)
 
 
 @needs_triton
@@ -137,9 +137,9 @@ def test_dispatch_rules(monkeypatch):
 
     cpu = torch.device("cpu")
     assert get_ops("auto", cpu) is cpu_ops  # float32 on the CPU with a compiler: the fused CPU kernels
-    assert get_ops("auto", cpu, torch.bfloat16) is reference
+    assert get_ops("auto", cpu, torch.bfloat16) is torch_ops
     assert get_ops("cpu", cpu) is cpu_ops
-    assert get_ops("reference", cpu) is reference
+    assert get_ops("reference", cpu) is torch_ops
     assert get_ops("triton", cpu) is triton_ops  # TRITON_INTERPRET=1 in the test session
     with pytest.raises(RuntimeError, match="kernels='cpu' on a cuda tensor"):
         get_ops("cpu", torch.device("cuda"))
@@ -149,7 +149,7 @@ def test_dispatch_rules(monkeypatch):
     with pytest.raises(ValueError, match="not one of"):
         get_ops("fast", cpu)
     monkeypatch.setenv("CXX", "no-such-compiler")
-    assert get_ops("auto", cpu) is reference  # nothing to build the CPU kernels with
+    assert get_ops("auto", cpu) is torch_ops  # nothing to build the CPU kernels with
 
 
 @needs_compiler
@@ -206,7 +206,7 @@ def test_cpu_coefficients_survive_extreme_logits(spread):
     hh = torch.cat([torch.randn(T, 2 * n), spread * signs], dim=-1)  # inv = 1, alpha = 1: logits = hh + b
     inputs = [hh, torch.ones(T), torch.ones(3), torch.zeros(M)]
     upstream = [torch.randn(T, n), torch.randn(T, n), torch.randn(T, n, n)]
-    ref_out, ref_grad = _grads(lambda *a: reference.coefficients(*a, n, 20), inputs, upstream)
+    ref_out, ref_grad = _grads(lambda *a: torch_ops.coefficients(*a, n, 20), inputs, upstream)
     out, grad = _grads(lambda *a: cpu_ops.coefficients(*a, n, 20), inputs, upstream)
     for t in (*out, *grad):
         assert torch.isfinite(t).all()

@@ -1,4 +1,4 @@
-"""MLflow tracking (models/tracking.py): names, round trips, statuses, resume, nesting, locks, concurrent jobs.
+"""MLflow tracking (training/tracking.py): names, round trips, statuses, resume, nesting, locks, concurrent jobs.
 
 MLflow is slow to import (~5 s) and a fresh SQLite store takes seconds to migrate, so the in-process tests share one
 store per module (each test uses its own experiment) and only the concurrency test pays for a fresh one.

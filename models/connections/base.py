@@ -20,8 +20,7 @@ where "spread" is the per-token stream spread of the state the connection receiv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -30,28 +29,10 @@ from torch import nn
 
 from ..config import ConnectionConfig
 from ..kernels import get_ops
+from .recompute import recomputed_forward
+from .scope import connection_ops
 
 SubLayer = Callable[[torch.Tensor], torch.Tensor]
-
-# True while a connection runs its own ops (not F): lets diagnostics attribute saved activations.
-_IN_CONNECTION = [False]
-
-
-def in_connection_ops() -> bool:
-    return _IN_CONNECTION[0]
-
-
-@contextmanager
-def connection_ops(device_type: str) -> Iterator[None]:
-    """Region of a connection's own ops: autocast off (the mappings and stream mixes stay float32 when the
-    streams are float32, while F keeps the caller's autocast) and marked for saved-tensor accounting."""
-    previous = _IN_CONNECTION[0]
-    _IN_CONNECTION[0] = True
-    try:
-        with torch.autocast(device_type, enabled=False):
-            yield
-    finally:
-        _IN_CONNECTION[0] = previous
 
 
 class Connection(nn.Module):
@@ -174,8 +155,6 @@ class StreamConnection(Connection):
 
     def forward(self, state: torch.Tensor, sublayer: SubLayer) -> torch.Tensor:
         if self.recompute_slot is not None and torch.is_grad_enabled():
-            from .recompute import recomputed_forward
-
             block, k = self.recompute_slot
             return recomputed_forward(self, state, sublayer, block, k)
         ops = get_ops(self.cfg.kernels, state.device, state.dtype)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, above, at_least
-from ..kernels.reference import proj_rms
 from ..kernels.sinkhorn import sinkhorn_fast
+from ..kernels.torch_ops import proj_rms
 from .base import StreamConfig, StreamConnection, grad_norm
 
 

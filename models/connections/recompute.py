@@ -25,7 +25,7 @@ import weakref
 import torch
 
 from ..kernels import get_ops
-from .base import connection_ops
+from .scope import connection_ops
 
 
 def optimal_block(n: int, sublayers: int) -> int:

@@ -1,4 +1,4 @@
-"""Fused CPU ops for the n-stream connections: the same four ops as `reference.py`, on a float32 state.
+"""Fused CPU ops for the n-stream connections: the same four ops as `torch_ops.py`, on a float32 state.
 
 On the CPU the connection ops are memory-bound: the residual state is n x C floats per token, and every eager
 PyTorch op walks over all of it once. The reference path takes ~20 such walks per sub-layer (forward and
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import reference
+from . import torch_ops
 
 BACKEND = "cpu"  # the connection.kernels value that selects this module
 
@@ -213,7 +213,7 @@ class _PostResMix(torch.autograd.Function):
 
 
 def proj_rms(x_flat: torch.Tensor, phi: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_flat [..., nC], phi [nC, M] -> (hh [..., M], inv_rms [...]) in float32 (see reference.proj_rms)."""
+    """x_flat [..., nC], phi [nC, M] -> (hh [..., M], inv_rms [...]) in float32 (see torch_ops.proj_rms)."""
     _float32(x_flat, phi)
     return _ProjRms.apply(x_flat, phi, eps)
 
@@ -228,25 +228,25 @@ def coefficients(
     pre_eps: float = 0.0,
     sinkhorn_eps: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(H_pre, H_post, H_res) as reference.coefficients."""
+    """(H_pre, H_post, H_res) as torch_ops.coefficients."""
     if sinkhorn_eps or n > MAX_STREAMS:
-        return reference.coefficients(hh, inv, alpha, bias, n, iters, pre_eps, sinkhorn_eps)
+        return torch_ops.coefficients(hh, inv, alpha, bias, n, iters, pre_eps, sinkhorn_eps)
     _float32(hh, inv, alpha, bias)
     return _Coefficients.apply(hh, inv, alpha, bias, n, iters, pre_eps)
 
 
 def pre_mix(x: torch.Tensor, H_pre: torch.Tensor) -> torch.Tensor:
-    """x [..., n, C], H_pre [..., n] -> [..., C] (see reference.pre_mix)."""
+    """x [..., n, C], H_pre [..., n] -> [..., C] (see torch_ops.pre_mix)."""
     if x.shape[-2] > MAX_STREAMS:
-        return reference.pre_mix(x, H_pre)
+        return torch_ops.pre_mix(x, H_pre)
     _float32(x, H_pre)
     return _PreMix.apply(x, H_pre)
 
 
 def post_res_mix(x: torch.Tensor, H_res: torch.Tensor, H_post: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x [..., n, C], H_res [..., n, n], H_post [..., n], y [..., C] -> [..., n, C] (see reference.post_res_mix)."""
+    """x [..., n, C], H_res [..., n, n], H_post [..., n], y [..., C] -> [..., n, C] (see torch_ops.post_res_mix)."""
     if x.shape[-2] > MAX_STREAMS:
-        return reference.post_res_mix(x, H_res, H_post, y)
+        return torch_ops.post_res_mix(x, H_res, H_post, y)
     _float32(x, H_res, H_post)
     # F's output may be bf16 (autocast runs F alone in bf16); the merge accumulates in float32, as the reference
     return _PostResMix.apply(x, H_res, H_post, y.float())
@@ -333,8 +333,8 @@ def stream_pre(
     `params` lists every tensor requiring grad that `coefficients_fn` uses besides its arguments (their gradients
     are routed through this node)."""
     if x.shape[-2] > MAX_STREAMS:
-        hh, inv = reference.proj_rms(x if per_stream else x.flatten(-2), weight, eps)
+        hh, inv = torch_ops.proj_rms(x if per_stream else x.flatten(-2), weight, eps)
         H_pre, H_post, H_res = coefficients_fn(hh, inv)
-        return reference.pre_mix(x, H_pre), H_pre, H_post, H_res, x
+        return torch_ops.pre_mix(x, H_pre), H_pre, H_post, H_res, x
     _float32(x, weight)
     return _StreamPre.apply(x, weight, eps, per_stream, coefficients_fn, *params)

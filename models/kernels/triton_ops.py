@@ -9,7 +9,7 @@
 (d) `pre_mix`       u = H_pre x.
 (e) `post_res_mix`  H_res x + H_post^T y and the residual merge in one pass: reads (n+1)C, writes nC.
 
-Each op matches `reference.py` (tests run them under TRITON_INTERPRET=1 on the CPU). Coefficients are
+Each op matches `torch_ops.py` (tests run them under TRITON_INTERPRET=1 on the CPU). Coefficients are
 float32 throughout; activations are read in their dtype, accumulated in float32, written in their
 dtype. n is a compile-time constant (any n >= 1; padded to a power of two inside the kernels).
 """

@@ -20,7 +20,7 @@ rule checkpoint_losses:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "python -m analysis.checkpoint_losses --run {params.run_dir} --batches {params.batches} "
         "--threads {threads} --out {output} > {log} 2>&1"
@@ -44,7 +44,7 @@ rule mappings:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m analysis.mappings --run {params.run_dir} --out {output} > {log} 2>&1"
 
@@ -71,7 +71,7 @@ rule measure:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m analysis.measure --scales {params.scales} "
         "--model-overrides {params.overrides:q} "
@@ -89,7 +89,7 @@ rule plan:
     benchmark:
         f"{RESULTS}/benchmarks/plan.tsv"
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     run:
         with open(output[0], "w") as fh:
             json.dump(params.plan, fh, indent=1)
@@ -110,7 +110,7 @@ rule index:
     benchmark:
         f"{RESULTS}/benchmarks/index.tsv"
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "python -m analysis.index --plan {input.plan} --out {output} > {log} 2>&1"
 

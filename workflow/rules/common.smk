@@ -70,7 +70,7 @@ def train_args(wildcards):
 
 def train_launcher(wildcards):
     """How a training job starts. One process (CPU or one GPU) claims a free GPU itself when it picks its device
-    (models/gpu_slots.py). A multi-GPU run is claimed before torchrun starts its ranks, so that all ranks share the
+    (common/gpu_slots.py). A multi-GPU run is claimed before torchrun starts its ranks, so that all ranks share the
     N GPUs no other job holds; `--standalone` binds the rendezvous to port 0, a free port chosen by the OS."""
     gpus = int(config["scales"][wildcards.scale].get("gpus", 0))
     if gpus > 1:

@@ -30,6 +30,6 @@ rule prepare_data:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "python -m models.prepare_data {params.args} --out results/data/{wildcards.dataset} > {log} 2>&1"

@@ -24,7 +24,7 @@ rule evaluate:
         mem_mb=8000,
         runtime=240,
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m eval.run --checkpoint {params.run_dir} --skip-unfinished "
         "{params.tasks} {params.limit} {params.data_root} --batch-size {params.batch_size} {params.per_item} "

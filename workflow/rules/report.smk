@@ -29,7 +29,7 @@ rule tables:
     benchmark:
         f"{RESULTS}/benchmarks/tables.tsv"
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "python -m analysis.tables --index {input.index} --measurements {input.measurements} "
         "--out {params.out} > {log} 2>&1"
@@ -57,7 +57,7 @@ rule figures:
     benchmark:
         f"{RESULTS}/benchmarks/figures.tsv"
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "MPLBACKEND=Agg python -m analysis.figures --index {input.index} --out {params.out} > {log} 2>&1"
 
@@ -78,7 +78,7 @@ rule report:
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "python -m analysis.report --index {input.index} --tables {params.tables} --out {output.report} > {log} 2>&1"
 

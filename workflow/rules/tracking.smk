@@ -13,7 +13,7 @@ rule mlflow_init:
     benchmark:
         f"{RESULTS}/benchmarks/mlflow_init.tsv"
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "python -m training.tracking init --uri {params.uri:q} --experiment {params.experiment:q} {params.disabled} "
         '--artifact-location "$PWD/results/mlflow/artifacts" --out {output} > {log} 2>&1'

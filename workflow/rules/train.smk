@@ -22,7 +22,7 @@ rule train:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../envs/mhc.yaml"
+        "../../envs/mhc.yaml"
     shell:
         "{params.launcher} {params.args} --set run.threads={threads} --out {params.run_dir} --replace-stale "
         "--summary {output.summary} {params.tracking} > {log} 2>&1"

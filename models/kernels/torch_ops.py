@@ -1,7 +1,6 @@
-"""Pure-PyTorch reference implementations of the mHC ops, in the paper's orientation.
-
-These are the ground truth the fused Triton kernels (`triton_ops.py`) are tested against, and the path
-used on the CPU. The five ops follow the paper's kernel split (section 4.3.1):
+"""The mHC ops in eager PyTorch, in the paper's orientation: the production path wherever no fused kernel
+applies (any device; `connection.kernels: reference` forces it), and what the fused Triton (`triton_ops.py`) and
+CPU (`cpu_ops.py`) kernels are tested against. The five ops follow the paper's kernel split (section 4.3.1):
 
 (a) `proj_rms`      hh = vec(x) @ phi, inv_rms = 1 / sqrt(mean(vec(x)^2) + eps)          (Eq. 14-15)
 (b)+(c) `coefficients`  H_pre = sigma(a_pre hh_pre inv + b_pre) + pre_eps,
@@ -17,7 +16,7 @@ import torch
 
 from .sinkhorn import sinkhorn_fast
 
-BACKEND = "reference"  # the connection.kernels value that selects this module
+BACKEND = "reference"  # the connection.kernels value that selects this module (an existing config value)
 
 
 def proj_rms(x_flat: torch.Tensor, phi: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
