@@ -903,7 +903,7 @@ def _connection_items(runs: list[EffectiveRun]) -> list[Deviation | None]:
 
 
 def _eval_items(index: dict[str, Any]) -> list[Deviation | None]:
-    from .tables import benchmark_of_task
+    from .results import benchmark_of_task
 
     spec = index.get("eval") or {}
     if not spec or not spec.get("variants"):

@@ -31,18 +31,16 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter  # noqa: E402
 
 from . import paper  # noqa: E402
+from .artifacts import FIGURE_NAMES  # noqa: E402
 from .plan import lr_variant  # noqa: E402
-from .stability import WARMUP_FRACTION, lr_sweep_runs, planned_steps  # noqa: E402
-from .tables import (  # noqa: E402
+from .results import (  # noqa: E402
     amax_run,
     compute_scaling_points,
     find_run,
     find_runs,
-    is_number,
     last_diagnostics,
     load_index,
     load_json,
-    mean_ci,
     paired_gaps,
     read_jsonl,
     section_seeds,
@@ -50,6 +48,8 @@ from .tables import (  # noqa: E402
     train_rows,
     variant_arch,
 )
+from .stability import WARMUP_FRACTION, lr_sweep_runs, planned_steps  # noqa: E402
+from .stats import is_number, mean_ci  # noqa: E402
 
 NOT_RUN = "not run in this tier"
 COLORS = {"baseline": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4", "mhc-id": "#17becf"}
@@ -71,16 +71,8 @@ def label_of(variant: str) -> str:
     return LABELS.get(variant, variant)
 
 
-FIGURES: tuple[str, ...] = (
-    "fig2_hc_instability",
-    "fig3_hc_amax",
-    "fig5_mhc_stability",
-    "fig6_scaling",
-    "fig7_mhc_amax",
-    "fig8_mappings",
-    "fig_mechanism",
-    "fig_lr_sweep",
-)
+FIGURES: tuple[str, ...] = FIGURE_NAMES
+"""The figures this module draws (analysis/artifacts.py)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1062,15 +1054,16 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[Figure, str]]] = {
+    "fig_mechanism": fig_mechanism,
+    "fig_lr_sweep": fig_lr_sweep,
     "fig2_hc_instability": fig2_hc_instability,
     "fig3_hc_amax": fig3_hc_amax,
     "fig5_mhc_stability": fig5_mhc_stability,
     "fig6_scaling": fig6_scaling,
     "fig7_mhc_amax": fig7_mhc_amax,
     "fig8_mappings": fig8_mappings,
-    "fig_mechanism": fig_mechanism,
-    "fig_lr_sweep": fig_lr_sweep,
 }
+"""Figure name (analysis/artifacts.py, in its order) -> the function that draws it."""
 
 
 def build_figures(index: dict[str, Any], out: Path, dpi: int = 150) -> dict[str, str]:
@@ -1078,8 +1071,8 @@ def build_figures(index: dict[str, Any], out: Path, dpi: int = 150) -> dict[str,
     (some statuses append the runs they drew from)."""
     _style()
     statuses = {}
-    for name, builder in BUILDERS.items():
-        fig, status = builder(index)
+    for name in FIGURES:
+        fig, status = BUILDERS[name](index)
         save(fig, out, name, dpi)
         statuses[name] = status
     return statuses
