@@ -13,7 +13,7 @@ verdict decided by an explicit rule in this module (never by eye), in four class
 - holds by construction: an algebraic identity of the method (mHC's row sums), true whatever was learned.
 
 It also says whether each compared mechanism operated (models/diagnostics.py), what the two mechanism controls
-allow us to write, what the tier's seeds can detect (analysis/power.py), the initialisation ablation and the LR
+allow us to write, what the tier's seeds can detect (analysis/stats.py), the initialisation ablation and the LR
 sweep. `--readme README.md` rewrites the README's generated results block with the report's summary.
 
 Loss gaps are paired by seed and given as mean ± 95% Student-t CI (n−1 dof). The report also lists every run with
@@ -49,9 +49,9 @@ from .results import (
     find_run,
     find_runs,
     last_diagnostics,
-    load_index,
     load_json,
     paired_gaps,
+    parse_args_and_index,
     read_jsonl,
     section_seeds,
     token_scaling_points,
@@ -1195,7 +1195,6 @@ def update_readme(readme: Path, tier: str, summary: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", required=True, help="results/analysis/runs.json")
     parser.add_argument("--tables", required=True, help="folder written by analysis.tables")
     parser.add_argument("--out", required=True, help="report markdown file")
     parser.add_argument(
@@ -1205,11 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
         "--measurements", default=None, help="measurements.json (default: measurements.json beside the index)"
     )
     parser.add_argument("--readme", default=None, help="also rewrite this README's generated results block")
-    args = parser.parse_args(argv)
-    try:
-        index = load_index(args.index)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    args, index = parse_args_and_index(parser, argv)
+    if index is None:
         return 2
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent / "figures"

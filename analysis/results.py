@@ -8,7 +8,9 @@ statistics), so that "the final gap of mHC" has one definition. Nothing here bui
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,20 @@ def load_index(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FileNotFoundError(f"run index {path} is missing or not a JSON object")
     return data
+
+
+def parse_args_and_index(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, dict[str, Any] | None]:
+    """For a command that reads the run index: adds `--index` to its parser, parses `argv` and reads the index
+    (None after printing why it cannot be read; the command then exits with status 2)."""
+    parser.add_argument("--index", required=True, help="results/analysis/runs.json")
+    args = parser.parse_args(argv)
+    try:
+        return args, load_index(args.index)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return args, None
 
 
 def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:

@@ -31,10 +31,10 @@ from .results import (
     eval_runs,
     final_val_loss,
     find_run,
-    load_index,
     load_json,
     main_scale,
     paired_gaps,
+    parse_args_and_index,
     scales_run,
     section_seeds,
 )
@@ -567,14 +567,10 @@ def build_tables(index: dict[str, Any], measurements: dict[str, Any] | None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", required=True, help="results/analysis/runs.json")
     parser.add_argument("--measurements", default=None, help="results/analysis/measurements.json (optional)")
     parser.add_argument("--out", required=True, help="output folder")
-    args = parser.parse_args(argv)
-    try:
-        index = load_index(args.index)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    args, index = parse_args_and_index(parser, argv)
+    if index is None:
         return 2
     measurements = load_json(args.measurements)
     if args.measurements and measurements is None:

@@ -1,4 +1,4 @@
-"""The analysis layer (analysis/tables.py, figures.py, report.py) on synthetic run directories.
+"""The analysis layer (analysis/results.py, stats.py, tables.py, figures.py, report.py) on synthetic run directories.
 
 Every run is built in tmp_path in the formats models.train and the analysis commands write, with known final
 losses, so the tables, the CI and the verdicts can be checked against hand-computed values.
