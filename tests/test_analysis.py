@@ -650,6 +650,15 @@ def test_mhc_claims_are_inconclusive_when_its_mechanism_did_not_operate(index: d
     assert claims["7"].verdict == I
 
 
+def test_each_claim_is_built_alone_by_its_registered_function(index: dict[str, Any]) -> None:
+    inputs = report.ClaimInputs(index, MEASUREMENTS)
+    alone = [claim(inputs) for claim in report.CLAIMS]
+    assert alone == report.claims(index, MEASUREMENTS)
+    numbers = [c.claim.split(".")[0] for c in alone]
+    assert numbers == ["1", "2", "3", "4", "5", "6a", "6b", "7", "8", "9"]
+    assert report.claim_overhead(report.ClaimInputs(index, None)).ours == "not measured"
+
+
 def test_figures_without_hc_say_not_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     index = make_index(tmp_path / "runs", variants=("baseline", "mhc"))
     path = tmp_path / "runs.json"
