@@ -22,31 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import paper
-from .tables import BENCHMARKS, CI, Table, benchmark_of_task, eval_runs, find_runs, load_json, mean_ci
+from .results import eval_runs, find_runs, load_json
+from .stats import CI, mean_ci
 
 ITEM_COLUMNS: tuple[str, ...] = ("doc_id", "gold_ll", "choice_logprob", "correct", "correct_norm")
 """Columns of `item_scores`."""
 
 COMPARISONS: tuple[tuple[str, str], ...] = (("mhc", "baseline"), ("mhc", "hc"), ("hc", "baseline"))
 """(a, b) pairs the table compares as a − b, in the paper's order of interest."""
-
-TABLE_COLUMNS: tuple[str, ...] = (
-    "task",
-    "comparison",
-    "items",
-    "seeds",
-    "gold_ll_delta",
-    "gold_ll_ci95",
-    "gold_ll_ci95_items",
-    "choice_logprob_delta",
-    "choice_logprob_ci95",
-    "acc_metric",
-    "acc_a",
-    "acc_b",
-    "paper_delta_points",
-)
-"""Columns of `benchmark_table`'s frame."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -109,7 +92,7 @@ def _task_order(index: dict[str, Any], found: set[str]) -> list[str]:
     return listed + sorted(found - set(listed))
 
 
-def _tasks_in(index: dict[str, Any], files: Iterable[Mapping[str, Any]]) -> list[str]:
+def tasks_in(index: dict[str, Any], files: Iterable[Mapping[str, Any]]) -> list[str]:
     found = {task for data in files for task, items in (data.get("mhc_items") or {}).items() if items}
     return _task_order(index, found)
 
@@ -117,7 +100,7 @@ def _tasks_in(index: dict[str, Any], files: Iterable[Mapping[str, Any]]) -> list
 def tasks_with_items(index: dict[str, Any]) -> list[str]:
     """Tasks that have per-item records in any evaluated run (any evaluated variant and seed)."""
     _, variants, _ = eval_runs(index)
-    return _tasks_in(index, (data for v in variants for data in evaluated_files(index, v).values()))
+    return tasks_in(index, (data for v in variants for data in evaluated_files(index, v).values()))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -230,101 +213,3 @@ def pair_files(
 def paired_items(index: dict[str, Any], a: str, b: str, task: str) -> PairedItems:
     """Variant a against variant b on `task`, item by item, over the evaluation seeds where both runs have items."""
     return pair_files(evaluated_files(index, a), evaluated_files(index, b), a, b, task)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The table
-
-
-def comparison_label(a: str, b: str) -> str:
-    return f"{a} - {b}"
-
-
-def paper_delta_points(a: str, b: str, task: str) -> float | None:
-    """The paper's 27B accuracy difference a − b in points for the task's benchmark, when Table 4 has it."""
-    bench = benchmark_of_task(task)
-    if bench is None or a not in paper.TABLE4 or b not in paper.TABLE4:
-        return None
-    return round(paper.TABLE4[a][bench] - paper.TABLE4[b][bench], 1)  # the table prints one decimal
-
-
-def accuracy_metric(task: str) -> str:
-    """The metric Table 4's reproduction reports for the task (acc_norm for HellaSwag, acc otherwise)."""
-    bench = next((b for b in BENCHMARKS if b.name == benchmark_of_task(task)), None)
-    return "acc_norm" if bench is not None and bench.metric == "acc_norm" else "acc"
-
-
-def _points(value: float | None) -> float | None:
-    return None if value is None else 100.0 * value
-
-
-def _table_row(pair: PairedItems) -> dict[str, Any]:
-    metric = accuracy_metric(pair.task)
-    acc_a, acc_b = (pair.acc_norm_a, pair.acc_norm_b) if metric == "acc_norm" else (pair.acc_a, pair.acc_b)
-    return {
-        "task": pair.task,
-        "comparison": comparison_label(pair.a, pair.b),
-        "items": pair.n_items,
-        "seeds": pair.n_seeds,
-        "gold_ll_delta": pair.seed_ci.mean if pair.seed_ci.n else None,
-        "gold_ll_ci95": pair.seed_ci.half_width if pair.seed_ci.n >= 2 else None,
-        "gold_ll_ci95_items": pair.item_ci.half_width if pair.item_ci.n >= 2 else None,
-        "choice_logprob_delta": pair.choice_seed_ci.mean if pair.choice_seed_ci.n else None,
-        "choice_logprob_ci95": pair.choice_seed_ci.half_width if pair.choice_seed_ci.n >= 2 else None,
-        "acc_metric": metric,
-        "acc_a": _points(acc_a),
-        "acc_b": _points(acc_b),
-        "paper_delta_points": paper_delta_points(pair.a, pair.b, pair.task),
-    }
-
-
-def _header(index: dict[str, Any]) -> str:
-    scale, _, seeds = eval_runs(index)
-    limit = (index.get("eval") or {}).get("limit")
-    return (
-        "Measured: per item of each multiple-choice benchmark, the summed log-likelihood of the gold answer's "
-        "continuation (lm-eval's loglikelihood requests, `python -m eval.run --per-item`), variant a minus "
-        "variant b, matched on doc_id within each seed and averaged over items, then over seeds. "
-        f"Tier `{index.get('tier', '?')}`, scale `{scale or '?'}`, evaluation seeds {list(seeds)}"
-        + (f", at most {limit} examples per task" if limit else "")
-        + ". Positive Δ: the first variant assigns more probability to the gold answer. "
-        "Accuracies ×100 on the compared items, mean over seeds. "
-        "Paper: Table 4's 27B accuracy difference (points) for the same pair and benchmark."
-    )
-
-
-NOTES: tuple[str, ...] = (
-    "gold_ll_ci95 is the 95% Student-t half-width over the per-seed mean Δ (n − 1 dof with n = seeds): each seed "
-    "is one separately trained pair of models (shared initial weights and batches), so seeds are the unit of "
-    "replication and this interval is the verdict. gold_ll_ci95_items is the half-width over items of Δ averaged "
-    "over seeds: conditional on these trained models, it says how precisely the items pin down their difference "
-    "but ignores training variance, so it is supplementary (with thousands of items, usually the narrower).",
-    "choice_logprob = gold_ll − logsumexp(ll over the choices): the log-probability of the gold choice under the "
-    "model's distribution renormalised over the choices; its Δ discounts a variant that only makes every "
-    "continuation more likely.",
-    "Tiny models score near chance (PIQA 50%, HellaSwag 25%), where accuracy differences are mostly item noise; "
-    "this is why the tier scores log-likelihoods. acc_a / acc_b are shown for completeness, and the paper's 27B "
-    "difference only for its sign.",
-    "acc_a / acc_b are recomputed from the item records (acc: argmax of ll; acc_norm: argmax of ll / characters, "
-    "Table 4's HellaSwag metric). The recorded length is the choice's without lm-eval's leading target delimiter, "
-    "as lm-eval's own acc_norm counts it.",
-    "Only items present in every compared run are used (inner join on doc_id), and only seeds where both variants "
-    "were evaluated with items: a diverged run (results file with mhc_skipped) leaves its seed out.",
-)
-
-
-def benchmark_table(index: dict[str, Any]) -> Table:
-    """One row per (task with items, comparison of evaluated variants): the paired Δ of gold log-likelihood."""
-    _, variants, _ = eval_runs(index)
-    pairs = [(a, b) for a, b in COMPARISONS if a in variants and b in variants]
-    files = {v: evaluated_files(index, v) for v in {v for pair in pairs for v in pair}}
-    tasks = _tasks_in(index, (data for per_seed in files.values() for data in per_seed.values()))
-    rows = [_table_row(pair_files(files[a], files[b], a, b, task)) for task in tasks for a, b in pairs]
-    notes = list(NOTES)
-    if not rows:
-        notes.append(
-            "No per-item records were found: the evaluation ran without --per-item (evaluation.per_item), no "
-            "multiple-choice task was evaluated, or fewer than two of baseline/hc/mhc were evaluated."
-        )
-    frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    return Table("benchmarks_items", "Multiple-choice benchmarks item by item", _header(index), frame, notes)

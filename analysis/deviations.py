@@ -550,17 +550,22 @@ def _model_items(index: dict[str, Any], runs: list[EffectiveRun]) -> list[Deviat
             show=lambda v: f"a byte-level BPE of {v} tokens trained on our own training corpus",
         )
     )
-    out.append(
-        _compare(
-            "norm_eps",
-            "RMSNorm eps",
-            _num(ref["model"]["norm_eps"]),
-            runs,
-            lambda r: r.model.norm_eps,
-            lambda r: ref["model"]["norm_eps"],
-        )
-    )
+    out.append(_compare_with_paper_setting("norm_eps", "RMSNorm eps", runs, lambda r: r.model.norm_eps))
     return out
+
+
+def _compare_with_paper_setting(
+    key: str,
+    label: str,
+    runs: list[EffectiveRun],
+    value: Callable[[EffectiveRun], Hashable],
+    section: str = "model",
+    paper_key: str | None = None,
+) -> Deviation | None:
+    """A setting the paper states once for all its models (`paper_key`, default `key`, of the reference's `section`)
+    against each run's value."""
+    paper_value = _reference()[section][paper_key or key]
+    return _compare(key, label, _num(paper_value), runs, value, lambda r: paper_value)
 
 
 def _train_items(index: dict[str, Any], runs: list[EffectiveRun]) -> list[Deviation | None]:
@@ -575,16 +580,7 @@ def _train_items(index: dict[str, Any], runs: list[EffectiveRun]) -> list[Deviat
 
         return get
 
-    out.append(
-        _compare(
-            "seq_len",
-            "Sequence length",
-            _num(ref["model"]["seq_len"]),
-            runs,
-            lambda r: r.train.seq_len,
-            lambda r: ref["model"]["seq_len"],
-        )
-    )
+    out.append(_compare_with_paper_setting("seq_len", "Sequence length", runs, lambda r: r.train.seq_len))
     out.append(
         _compare(
             "batch_size",
@@ -655,16 +651,7 @@ def _train_items(index: dict[str, Any], runs: list[EffectiveRun]) -> list[Deviat
             show=lambda v: f"{v[0]} of {v[1]} steps",
         )
     )
-    out.append(
-        _compare(
-            "adam_eps",
-            "AdamW eps",
-            _num(tref["eps"]),
-            runs,
-            lambda r: r.train.eps,
-            lambda r: tref["eps"],
-        )
-    )
+    out.append(_compare_with_paper_setting("adam_eps", "AdamW eps", runs, lambda r: r.train.eps, "train", "eps"))
     out.append(
         _compare(
             "adam_betas",
@@ -677,14 +664,7 @@ def _train_items(index: dict[str, Any], runs: list[EffectiveRun]) -> list[Deviat
         )
     )
     out.append(
-        _compare(
-            "weight_decay",
-            "Weight decay",
-            _num(tref["weight_decay"]),
-            runs,
-            lambda r: r.train.weight_decay,
-            lambda r: tref["weight_decay"],
-        )
+        _compare_with_paper_setting("weight_decay", "Weight decay", runs, lambda r: r.train.weight_decay, "train")
     )
 
     def schedule(v: Sequence[Sequence[float]]) -> str:
@@ -903,7 +883,7 @@ def _connection_items(runs: list[EffectiveRun]) -> list[Deviation | None]:
 
 
 def _eval_items(index: dict[str, Any]) -> list[Deviation | None]:
-    from .tables import benchmark_of_task
+    from .results import benchmark_of_task
 
     spec = index.get("eval") or {}
     if not spec or not spec.get("variants"):

@@ -30,26 +30,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter  # noqa: E402
 
-from . import paper  # noqa: E402
+from . import paper, results  # noqa: E402
+from .artifacts import FIGURE_NAMES  # noqa: E402
 from .plan import lr_variant  # noqa: E402
 from .stability import WARMUP_FRACTION, lr_sweep_runs, planned_steps  # noqa: E402
-from .tables import (  # noqa: E402
-    amax_run,
-    compute_scaling_points,
-    find_run,
-    find_runs,
-    is_number,
-    last_diagnostics,
-    load_index,
-    load_json,
-    mean_ci,
-    paired_gaps,
-    read_jsonl,
-    section_seeds,
-    token_scaling_points,
-    train_rows,
-    variant_arch,
-)
+from .stats import is_number, mean_ci  # noqa: E402
 
 NOT_RUN = "not run in this tier"
 COLORS = {"baseline": "#4d4d4d", "hc": "#d62728", "mhc": "#1f77b4", "mhc-id": "#17becf"}
@@ -71,16 +56,8 @@ def label_of(variant: str) -> str:
     return LABELS.get(variant, variant)
 
 
-FIGURES: tuple[str, ...] = (
-    "fig2_hc_instability",
-    "fig3_hc_amax",
-    "fig5_mhc_stability",
-    "fig6_scaling",
-    "fig7_mhc_amax",
-    "fig8_mappings",
-    "fig_mechanism",
-    "fig_lr_sweep",
-)
+FIGURES: tuple[str, ...] = FIGURE_NAMES
+"""The figures this module draws (analysis/artifacts.py)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -146,7 +123,7 @@ def save(fig: Figure, out: Path, name: str, dpi: int = 150) -> list[Path]:
 
 def _train_frame(run: dict[str, Any] | None) -> pd.DataFrame:
     """step, loss, grad_norm of a run's training rows (empty frame when the run left no metrics)."""
-    rows = train_rows(read_jsonl((run or {}).get("metrics")))
+    rows = results.train_rows(results.read_jsonl((run or {}).get("metrics")))
     frame = pd.DataFrame(rows, columns=["step", "loss", "grad_norm"]) if rows else pd.DataFrame()
     if frame.empty:
         return pd.DataFrame(columns=["step", "loss", "grad_norm"])
@@ -157,7 +134,7 @@ def _train_frame(run: dict[str, Any] | None) -> pd.DataFrame:
 def _runs_with_metrics(index: dict[str, Any], scale: str | None, variant: str, seeds: Sequence[int]) -> dict:
     """seed -> (run, training frame) for the runs of a variant that logged any training step."""
     out = {}
-    for run in find_runs(index, scale=scale, variant=variant, seeds=seeds):
+    for run in results.find_runs(index, scale=scale, variant=variant, seeds=seeds):
         frame = _train_frame(run)
         if not frame.empty:
             out[int(run["seed"])] = (run, frame)
@@ -169,7 +146,7 @@ def why_missing(index: dict[str, Any], variant: str, what: str = "training metri
     main = index.get("main") or {}
     if variant not in (main.get("variants") or []):
         return f"{LABELS.get(variant, variant)} is not in this tier's main comparison."
-    runs = find_runs(index, scale=main.get("scale"), variant=variant, seeds=section_seeds(main))
+    runs = results.find_runs(index, scale=main.get("scale"), variant=variant, seeds=results.section_seeds(main))
     statuses = sorted({str(r.get("status", "missing")) for r in runs}) or ["not in the index"]
     return f"{LABELS.get(variant, variant)}: planned, but no run left {what} (status: {', '.join(statuses)})."
 
@@ -218,11 +195,26 @@ def _maybe_log(ax: plt.Axes, values: np.ndarray) -> None:
 # Fig. 2 and Fig. 5: training curves
 
 
+def _main_comparison(index: dict[str, Any], what: str) -> tuple[dict[str, Any], str | None, list[int], str]:
+    """The main comparison's index section, scale and seeds, and the title of a figure `what` drawn from it."""
+    main = index.get("main") or {}
+    scale, seeds = main.get("scale"), results.section_seeds(main)
+    return main, scale, seeds, _title(index, what, scale, f"seeds {seeds}")
+
+
+def _finish_gradient_panel(fig: Figure, ax_b: plt.Axes, title: str, note: str) -> None:
+    """Labels panel (b) of Fig. 2 and Fig. 5 (gradient norms) and lays out the figure with its title and note."""
+    ax_b.set(xlabel="training step", ylabel="gradient norm (global L2, before clipping)")
+    ax_b.set_title("(b) gradient norm", fontsize=9)
+    ax_b.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _note(fig, note)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+
+
 def fig2_hc_instability(index: dict[str, Any]) -> tuple[Figure, str]:
     """(a) training-loss gap HC − mHC vs step (raw faint, EMA bold); (b) gradient norm of HC and mHC."""
-    main = index.get("main") or {}
-    scale, seeds = main.get("scale"), section_seeds(main)
-    title = _title(index, "Fig. 2: HC training instability", scale, f"seeds {seeds}")
+    _, scale, seeds, title = _main_comparison(index, "Fig. 2: HC training instability")
     note = (
         f"paper (27B): HC shows an unexpected loss surge around step {paper.FIG2_HC_SURGE_STEP // 1000}k, "
         "tightly correlated with a gradient-norm spike."
@@ -251,20 +243,13 @@ def fig2_hc_instability(index: dict[str, Any]) -> tuple[Figure, str]:
         )
     _maybe_log(ax_b, np.concatenate([f["grad_norm"].to_numpy() for runs in (hc, mhc) for _, f in runs.values()]))
     _mark_diverged(ax_b, hc, "hc")
-    ax_b.set(xlabel="training step", ylabel="gradient norm (global L2, before clipping)")
-    ax_b.set_title("(b) gradient norm", fontsize=9)
-    ax_b.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    _note(fig, note)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _finish_gradient_panel(fig, ax_b, title, note)
     return fig, "ok"
 
 
 def fig5_mhc_stability(index: dict[str, Any]) -> tuple[Figure, str]:
     """(a) training-loss gap of HC and mHC to the baseline (EMA per seed, mean and range over seeds); (b) grad norms."""
-    main = index.get("main") or {}
-    scale, seeds = main.get("scale"), section_seeds(main)
-    title = _title(index, "Fig. 5: mHC training stability", scale, f"seeds {seeds}")
+    main, scale, seeds, title = _main_comparison(index, "Fig. 5: mHC training stability")
     note = (
         f"paper (27B): mHC's final loss reduction vs the baseline is {abs(paper.FIG5_MHC_FINAL_LOSS_GAP)} "
         "(dashed line); its gradient norm is stable and comparable to the baseline's."
@@ -295,7 +280,7 @@ def fig5_mhc_stability(index: dict[str, Any]) -> tuple[Figure, str]:
                 alpha=0.18,
                 label=f"{label_of(variant)}: range over {len(gaps)} seeds",
             )
-        final = paired_gaps(index, scale, variant, "baseline", seeds)
+        final = results.paired_gaps(index, scale, variant, "baseline", seeds)
         if final:
             ci = mean_ci(list(final.values()))
             last = stats["step"].iloc[-1]
@@ -339,12 +324,7 @@ def fig5_mhc_stability(index: dict[str, Any]) -> tuple[Figure, str]:
             label=f"{label_of(variant)} (mean over seeds)",
         )
     _maybe_log(ax_b, np.concatenate(values))
-    ax_b.set(xlabel="training step", ylabel="gradient norm (global L2, before clipping)")
-    ax_b.set_title("(b) gradient norm", fontsize=9)
-    ax_b.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    _note(fig, note)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _finish_gradient_panel(fig, ax_b, title, note)
     return fig, "ok" if not missing else f"partial: {', '.join(missing)} {NOT_RUN}"
 
 
@@ -360,9 +340,9 @@ def _positive(values: Sequence[float]) -> np.ndarray:
 
 def _amax_figure(index: dict[str, Any], variant: str, reference: float, note: str) -> tuple[Figure, str]:
     scale = (index.get("main") or {}).get("scale")
-    run = amax_run(index, variant)
+    run = results.amax_run(index, variant)
     what = f"Fig. {3 if variant == 'hc' else 7}: {LABELS[variant]} propagation, Amax gain magnitude"
-    record = last_diagnostics(run)
+    record = results.last_diagnostics(run)
     if record is None:
         title = _title(index, what, scale)
         return not_run_figure(title, why_missing(index, variant, "diagnostics.jsonl"), note), NOT_RUN
@@ -435,6 +415,15 @@ def _legend_twin(ax: plt.Axes, twin: plt.Axes) -> None:
     ax.legend(handles + h2, labels + l2, fontsize=7, loc="best")
 
 
+def _ratio_twin(ax: plt.Axes, x: Any, percent: Any) -> plt.Axes:
+    """A twin y axis on `ax` with the loss ratio mHC / baseline (in %) against `x` (Fig. 6's dashed squares)."""
+    twin = ax.twinx()
+    twin.plot(x, percent, "s--", color="#9467bd", ms=4, label="relative loss ratio mHC / baseline")
+    twin.set_ylabel("relative loss ratio (%)")
+    twin.grid(False)
+    return twin
+
+
 def fig6_scaling(index: dict[str, Any]) -> tuple[Figure, str]:
     """(a) final val-loss gap mHC − baseline vs training FLOPs; (b) the gap along training (token scaling)."""
     cs = index.get("compute_scaling") or {}
@@ -449,8 +438,8 @@ def fig6_scaling(index: dict[str, Any]) -> tuple[Figure, str]:
         'paper (Fig. 6, 3B/9B/27B compute-optimal and 3B at 1T tokens): the advantage is "robustly maintained" '
         'with "only marginal attenuation" at higher compute; the text gives no numbers.'
     )
-    points = compute_scaling_points(index)
-    tokens, source = token_scaling_points(index)
+    points = results.compute_scaling_points(index)
+    tokens, source = results.token_scaling_points(index)
     if not points and tokens.empty:
         return not_run_figure(
             title, "Neither the compute-scaling nor the token-scaling runs are in this tier's output.", note
@@ -471,17 +460,7 @@ def fig6_scaling(index: dict[str, Any]) -> tuple[Figure, str]:
                 fontsize=7,
             )
         ax_a.axhline(0, color="k", lw=0.6)
-        twin = ax_a.twinx()
-        twin.plot(
-            x,
-            [100 * p["ratio"].mean for p in points],
-            "s--",
-            color="#9467bd",
-            ms=4,
-            label="relative loss ratio mHC / baseline",
-        )
-        twin.set_ylabel("relative loss ratio (%)")
-        twin.grid(False)
+        twin = _ratio_twin(ax_a, x, [100 * p["ratio"].mean for p in points])
         ax_a.set_xscale("log")
         ax_a.set(xlabel="training compute (FLOPs, 6·N_active·D, log)", ylabel="final val loss gap (nats/token)")
         _legend_twin(ax_a, twin)
@@ -493,17 +472,7 @@ def fig6_scaling(index: dict[str, Any]) -> tuple[Figure, str]:
         grouped = tokens.groupby("tokens").agg(gap=("gap", "mean"), ratio=("ratio", "mean")).reset_index()
         ax_b.plot(grouped["tokens"], grouped["gap"], "o-", color=COLORS["mhc"], ms=4, label="gap mHC − baseline")
         ax_b.axhline(0, color="k", lw=0.6)
-        twin = ax_b.twinx()
-        twin.plot(
-            grouped["tokens"],
-            100 * grouped["ratio"],
-            "s--",
-            color="#9467bd",
-            ms=4,
-            label="relative loss ratio mHC / baseline",
-        )
-        twin.set_ylabel("relative loss ratio (%)")
-        twin.grid(False)
+        twin = _ratio_twin(ax_b, grouped["tokens"], 100 * grouped["ratio"])
         ax_b.set(xlabel="training tokens", ylabel="val loss gap (nats/token)")
         ax_b.set_title(
             f"(b) token scaling at {ts.get('scale')}, seeds {sorted(tokens['seed'].unique().tolist())} ({source})",
@@ -582,7 +551,7 @@ def fig8_mappings(index: dict[str, Any]) -> tuple[Figure, str]:
     )
     # rows: HC and mHC as in the paper, then any other variant of the tier's `mappings` section
     order = ["hc", "mhc"] + [v for v in section.get("variants") or [] if v not in ("hc", "mhc")]
-    data = {v: load_json((find_run(index, scale, v, seed) or {}).get("mappings")) for v in order}
+    data = {v: results.load_json((results.find_run(index, scale, v, seed) or {}).get("mappings")) for v in order}
     data = {v: d for v, d in data.items() if isinstance(d, dict) and d.get("H_res")}
     if not data:
         return not_run_figure(title, "No mappings.json of an HC or mHC run in this tier's output.", note), NOT_RUN
@@ -643,7 +612,7 @@ def mechanism_variants(index: dict[str, Any]) -> list[tuple[str, str | None]]:
     out: dict[str, str | None] = {}
     for section in (main, init):
         for variant in section.get("variants") or []:
-            if variant not in out and variant_arch(index, variant) in MECHANISM_ARCHS:
+            if variant not in out and results.variant_arch(index, variant) in MECHANISM_ARCHS:
                 out[variant] = section.get("scale") or main.get("scale")
     return list(out.items())
 
@@ -653,7 +622,7 @@ def mechanism_records(run: dict[str, Any] | None) -> list[dict[str, Any]]:
     for a step, as after a resume), in step order. Records of older runs (Amax curves only) do not count."""
     keys = (*_SUBLAYER_KEYS, "grad_res")
     by_step = {}
-    for record in read_jsonl((run or {}).get("diagnostics")):
+    for record in results.read_jsonl((run or {}).get("diagnostics")):
         if is_number(record.get("step")) and any(key in record for key in keys):
             by_step[int(record["step"])] = record
     return [by_step[step] for step in sorted(by_step)]
@@ -689,10 +658,10 @@ class MechanismSeries:
 def mechanism_run(index: dict[str, Any], scale: str | None, variant: str) -> dict[str, Any] | None:
     """The run whose curves fig_mechanism shows: seed 0 when it has mechanism diagnostics, else the lowest seed that
     has them (any seed of the index at that scale); None when no run has them."""
-    run = find_run(index, scale, variant, 0)
+    run = results.find_run(index, scale, variant, 0)
     if mechanism_records(run):
         return run
-    return next((r for r in find_runs(index, scale=scale, variant=variant) if mechanism_records(r)), None)
+    return next((r for r in results.find_runs(index, scale=scale, variant=variant) if mechanism_records(r)), None)
 
 
 def mechanism_series(index: dict[str, Any]) -> dict[str, MechanismSeries]:
@@ -707,7 +676,7 @@ def mechanism_series(index: dict[str, Any]) -> dict[str, MechanismSeries]:
         last = records[-1]
         out[variant] = MechanismSeries(
             variant=variant,
-            arch=variant_arch(index, variant) or "?",
+            arch=results.variant_arch(index, variant) or "?",
             scale=scale,
             run=str(run.get("key", "")),
             seed=int(run.get("seed", 0)),
@@ -913,7 +882,7 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
     """(a) final val loss vs LR multiplier (points per seed, line = mean; diverged runs as x at the top edge with
     their count); (b) max gradient norm after warm-up per run; (c) training loss at the largest multiplier."""
     sweep = index.get("lr_sweep") or {}
-    scale, seeds = sweep.get("scale"), section_seeds(sweep)
+    scale, seeds = sweep.get("scale"), results.section_seeds(sweep)
     title = _title(index, "LR sweep: stability under larger learning rates", scale, f"seeds {seeds}" if seeds else "")
     note = (
         "paper: no counterpart (the paper shows HC's loss surge and gradient spike at 27B at one learning rate, "
@@ -1004,7 +973,7 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
     for variant in variants:
         candidates = present[(present["variant"] == variant) & (present["multiplier"] == top)].sort_values("seed")
         for _, row in candidates.iterrows():
-            run = find_run(index, scale, lr_variant(variant, top), int(row["seed"]))
+            run = results.find_run(index, scale, lr_variant(variant, top), int(row["seed"]))
             frame = _train_frame(run)
             if frame.empty:
                 continue
@@ -1062,15 +1031,16 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[Figure, str]]] = {
+    "fig_mechanism": fig_mechanism,
+    "fig_lr_sweep": fig_lr_sweep,
     "fig2_hc_instability": fig2_hc_instability,
     "fig3_hc_amax": fig3_hc_amax,
     "fig5_mhc_stability": fig5_mhc_stability,
     "fig6_scaling": fig6_scaling,
     "fig7_mhc_amax": fig7_mhc_amax,
     "fig8_mappings": fig8_mappings,
-    "fig_mechanism": fig_mechanism,
-    "fig_lr_sweep": fig_lr_sweep,
 }
+"""Figure name (analysis/artifacts.py, in its order) -> the function that draws it."""
 
 
 def build_figures(index: dict[str, Any], out: Path, dpi: int = 150) -> dict[str, str]:
@@ -1078,8 +1048,8 @@ def build_figures(index: dict[str, Any], out: Path, dpi: int = 150) -> dict[str,
     (some statuses append the runs they drew from)."""
     _style()
     statuses = {}
-    for name, builder in BUILDERS.items():
-        fig, status = builder(index)
+    for name in FIGURES:
+        fig, status = BUILDERS[name](index)
         save(fig, out, name, dpi)
         statuses[name] = status
     return statuses
@@ -1087,14 +1057,10 @@ def build_figures(index: dict[str, Any], out: Path, dpi: int = 150) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", required=True, help="results/analysis/runs.json")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--dpi", type=int, default=150, help="PNG resolution")
-    args = parser.parse_args(argv)
-    try:
-        index = load_index(args.index)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    args, index = results.parse_args_and_index(parser, argv)
+    if index is None:
         return 2
     for name, status in build_figures(index, Path(args.out), args.dpi).items():
         print(f"{args.out}/{name}.png/.pdf: {status}", file=sys.stderr)

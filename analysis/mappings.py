@@ -17,20 +17,14 @@ import torch
 
 from common.files import atomic_write_text
 from common.gpu_slots import GpuSlotError, resolve_device
-from models.diagnostics import amax_gain, capture_mappings
+from models.diagnostics import amax_gain, capture_mappings, composite_products
 from training.checkpoint import CheckpointError
-
-
-def composite(mats: list[torch.Tensor], first: int, last: int) -> torch.Tensor:
-    """H_last @ ... @ H_first (0-based, inclusive) in float64."""
-    out = mats[first].double()
-    for i in range(first + 1, last + 1):
-        out = mats[i].double() @ out
-    return out
 
 
 @torch.no_grad()
 def learned_mappings(model: torch.nn.Module, sequence: torch.Tensor) -> dict:
+    """The token-averaged H_res, H_pre and H_post of every sub-layer on `sequence` ([1, T]), the composites over the
+    two halves of the sub-layers and the Amax gain curves: the content of mappings.json."""
     with capture_mappings(model) as records:
         model(sequence)
     if not records:
@@ -43,7 +37,8 @@ def learned_mappings(model: torch.nn.Module, sequence: torch.Tensor) -> dict:
         "n": averaged[0].shape[-1],
         "sublayers": L,
         "H_res": [m.tolist() for m in averaged],
-        "composite": {f"{a + 1}-{b + 1}": composite(averaged, a, b).tolist() for a, b in ranges},
+        # H_b @ ... @ H_a: the first of the composite products of sub-layers a..b (models/diagnostics.py)
+        "composite": {f"{a + 1}-{b + 1}": composite_products(averaged[a : b + 1])[0].tolist() for a, b in ranges},
         "H_pre": [r["H_pre"][0].double().mean(0).tolist() for r in records],
         "H_post": [r["H_post"][0].double().mean(0).tolist() for r in records],
         "amax": amax_gain([h for h in H_res]),

@@ -96,39 +96,31 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
         if role not in run["roles"]:
             run["roles"].append(role)
 
+    def add_each(scale: str, variants: list[str], seeds: list[int], role: str) -> None:
+        for variant in variants:
+            for seed in seeds:
+                add(scale, variant, seed, role)
+
     main = config["main"]
-    for variant in main["variants"]:
-        for seed in main["seeds"]:
-            add(main["scale"], variant, seed, "main")
+    add_each(main["scale"], main["variants"], main["seeds"], "main")
     init = config.get("init_ablation") or {}
-    for variant in init.get("variants", []):
-        for seed in init["seeds"]:
-            add(init["scale"], variant, seed, "init_ablation")
+    if init.get("variants"):
+        add_each(init["scale"], init["variants"], init["seeds"], "init_ablation")
     sweep = config.get("lr_sweep") or {}
     for variant in sweep.get("variants", []):
-        for multiplier in sweep["multipliers"]:
-            for seed in sweep["seeds"]:
-                add(sweep["scale"], lr_variant(variant, multiplier), seed, "lr_sweep")
+        swept = [lr_variant(variant, multiplier) for multiplier in sweep["multipliers"]]
+        add_each(sweep["scale"], swept, sweep["seeds"], "lr_sweep")
     ablation = config["ablation"]
-    for variant in ablation["variants"]:
-        for seed in ablation["seeds"]:
-            add(ablation["scale"], variant, seed, "ablation")
+    add_each(ablation["scale"], ablation["variants"], ablation["seeds"], "ablation")
     scaling = config["compute_scaling"]
     for scale in scaling["scales"]:
-        for variant in scaling["variants"]:
-            for seed in scaling["seeds"]:
-                add(scale, variant, seed, "compute_scaling")
+        add_each(scale, scaling["variants"], scaling["seeds"], "compute_scaling")
     tokens = config["token_scaling"]
-    for variant in tokens["variants"]:
-        for seed in tokens["seeds"]:
-            add(tokens["scale"], variant, seed, "token_scaling")
+    add_each(tokens["scale"], tokens["variants"], tokens["seeds"], "token_scaling")
     evaluation = config["evaluation"]
-    for variant in evaluation["variants"]:
-        for seed in evaluation["seeds"]:
-            add(main["scale"], variant, seed, "evaluation")
+    add_each(main["scale"], evaluation["variants"], evaluation["seeds"], "evaluation")
     mappings = config["mappings"]
-    for variant in mappings["variants"]:
-        add(main["scale"], variant, mappings["seed"], "mappings")
+    add_each(main["scale"], mappings["variants"], [mappings["seed"]], "mappings")
 
     sections = [("main", main), ("ablation", ablation), ("token_scaling", tokens)]
     sections += [(name, config[name]) for name in ("init_ablation", "lr_sweep") if config.get(name)]

@@ -1,13 +1,5 @@
-"""How many seeds a paired comparison needs, and what the seeds a tier ran can detect.
-
-The main comparison is paired: for one seed every variant starts from the same shared weights and sees the same
-batches, so the quantity that matters is the per-seed gap d_s = loss(variant, s) - loss(baseline, s) and its standard
-deviation across seeds, sd(d). With n seeds, a two-sided paired t-test at level alpha detects a true gap delta with
-probability `power` when
-
-    |delta| >= (t_{1 - alpha/2, n-1} + t_{power, n-1}) * sd(d) / sqrt(n)          (the minimum detectable effect)
-
-(the usual approximation that ignores the non-central t's skew). `python -m analysis.power --runs DIR...` reads the
+"""How many seeds a paired comparison needs, and what the seeds a tier ran can detect (the formula and its
+functions are in analysis/stats.py; they stay importable from here). `python -m analysis.power --runs DIR...` reads the
 final validation losses of pilot runs laid out as <run>/<variant>/seed<N>/metrics.jsonl and prints sd(d), the
 detectable gap at each number of seeds and the seeds needed for `--target`.
 """
@@ -15,35 +7,11 @@ detectable gap at each number of seeds and the seeds needed for `--target`.
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from .tables import load_json, read_jsonl, t_quantile, val_rows
-
-
-def paired_sd(gaps: Sequence[float]) -> float:
-    """Sample standard deviation (n - 1) of the per-seed gaps; NaN with fewer than 2."""
-    xs = [float(g) for g in gaps]
-    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
-
-
-def detectable_gap(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The smallest |gap| a paired two-sided t-test over n seeds detects with probability `power` (NaN for n < 2)."""
-    if n < 2 or not math.isfinite(sd):
-        return math.nan
-    # two-sided quantiles of `tables.t_quantile`: level 1 - alpha gives t_{1-alpha/2}; level 2 power - 1 gives t_power
-    return (t_quantile(n - 1, 1 - alpha) + t_quantile(n - 1, 2 * power - 1)) * sd / math.sqrt(n)
-
-
-def seeds_needed(sd: float, target: float, alpha: float = 0.05, power: float = 0.8, most: int = 200) -> int | None:
-    """The fewest seeds (>= 2) whose detectable gap is at most `target`; None if more than `most` would be needed."""
-    for n in range(2, most + 1):
-        if detectable_gap(sd, n, alpha, power) <= target:
-            return n
-    return None
+from .results import load_json, read_jsonl, val_rows
+from .stats import detectable_gap, paired_sd, seeds_needed
 
 
 def final_val_loss(run: Path) -> float | None:

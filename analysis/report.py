@@ -13,7 +13,7 @@ verdict decided by an explicit rule in this module (never by eye), in four class
 - holds by construction: an algebraic identity of the method (mHC's row sums), true whatever was learned.
 
 It also says whether each compared mechanism operated (models/diagnostics.py), what the two mechanism controls
-allow us to write, what the tier's seeds can detect (analysis/power.py), the initialisation ablation and the LR
+allow us to write, what the tier's seeds can detect (analysis/stats.py), the initialisation ablation and the LR
 sweep. `--readme README.md` rewrites the README's generated results block with the report's summary.
 
 Loss gaps are paired by seed and given as mean ± 95% Student-t CI (n−1 dof). The report also lists every run with
@@ -24,10 +24,11 @@ benchmark data substitutions recorded in the evaluation JSONs).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,8 @@ import numpy as np
 from common.files import atomic_write_text
 
 from . import paper
-from .stability import GRAD_SPIKE_RATIO, LOSS_SURGE_NATS, WARMUP_FRACTION, instability_cells, lr_sweep_runs
-from .tables import (
-    CI,
+from .artifacts import FIGURES, TABLE_NAMES
+from .results import (
     all_runs,
     amax_run,
     compute_scaling_points,
@@ -48,18 +48,17 @@ from .tables import (
     final_val_loss,
     find_run,
     find_runs,
-    is_number,
     last_diagnostics,
-    load_index,
     load_json,
-    mean_ci,
-    mean_or_none,
     paired_gaps,
+    parse_args_and_index,
     read_jsonl,
     section_seeds,
     token_scaling_points,
     variant_arch,
 )
+from .stability import GRAD_SPIKE_RATIO, LOSS_SURGE_NATS, WARMUP_FRACTION, instability_cells, lr_sweep_runs
+from .stats import CI, detectable_gap, is_number, mean_ci, mean_or_none, paired_sd, seeds_needed, sign_test_p
 
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
@@ -190,11 +189,6 @@ def verdict_ablation(res_gaps: Sequence[float], full_gaps: Sequence[float]) -> t
     if res.n >= MIN_SEEDS and res.low > bar:
         return CONTRADICTED, f"{said} (its 95% CI short of {ABLATION_RES_SHARE:.0%})"
     return INCONCLUSIVE, f"{said}; its 95% CI straddles {ABLATION_RES_SHARE:.0%}"
-
-
-def sign_test_p(wins: int, trials: int) -> float:
-    """One-sided sign-test p-value: P(X ≥ wins) for X ~ Binomial(trials, 1/2)."""
-    return sum(math.comb(trials, i) for i in range(wins, trials + 1)) / 2**trials
 
 
 def verdict_benchmarks(cis: dict[str, CI], mechanism: bool = True) -> tuple[str, str]:
@@ -373,8 +367,6 @@ def benchmark_evidence(index: dict[str, Any], a: str, b: str) -> dict[str, Any]:
 def power_evidence(index: dict[str, Any], variant: str = "mhc", reference: str = "baseline") -> dict[str, Any]:
     """What the main comparison's seeds can detect: the paired SD of the per-seed gaps, the detectable gap at this
     number of seeds (two-sided paired t-test, the config's alpha and power) and the seeds the target gap needs."""
-    from .power import detectable_gap, paired_sd, seeds_needed
-
     main = index.get("main") or {}
     spec = index.get("power") or {}
     alpha, power = float(spec.get("alpha", 0.05)), float(spec.get("power", 0.8))
@@ -398,107 +390,137 @@ def power_evidence(index: dict[str, Any], variant: str = "mhc", reference: str =
 # Claims
 
 
-def claims(index: dict[str, Any], measurements: dict[str, Any] | None) -> list[Claim]:
-    """The paper's claims with the paper's number, ours and the verdict of each rule."""
-    main = index.get("main") or {}
-    scale, seeds = main.get("scale"), section_seeds(main)
-    mechanism = mhc_mechanism(index)
-    out: list[Claim] = []
+@dataclass
+class ClaimInputs:
+    """What every claim reads: the index, the measurements, and the evidence several claims share (computed once)."""
 
-    def num(v: float | None, spec: str = ".3g") -> str:
-        return "n/a" if v is None else format(v, spec)
+    index: dict[str, Any]
+    measurements: dict[str, Any] | None
 
-    gaps = paired_gaps(index, scale, "mhc", "baseline", seeds)
-    verdict, why = verdict_negative_gap(list(gaps.values()), paper.FIG5_MHC_FINAL_LOSS_GAP, mechanism)
-    out.append(
-        Claim(
-            "1. mHC's final loss is below the baseline's",
-            f"{paper.FIG5_MHC_FINAL_LOSS_GAP} (27B, Fig. 5)",
-            f"val-loss gap mHC − baseline {mean_ci(list(gaps.values())).text()} at {scale}",
-            verdict,
-            why,
-        )
+    @functools.cached_property
+    def mechanism(self) -> bool:
+        """Whether mHC's mechanism operated in every main seed (claims about mHC are inconclusive otherwise)."""
+        return mhc_mechanism(self.index)
+
+    @functools.cached_property
+    def amax(self) -> dict[str, Any]:
+        return amax_evidence(self.index)
+
+
+def _num(value: float | None, spec: str = ".3g") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def claim_final_loss(c: ClaimInputs) -> Claim:
+    """Claim 1: mHC's final loss is below the baseline's (Fig. 5)."""
+    main = c.index.get("main") or {}
+    scale = main.get("scale")
+    gaps = list(paired_gaps(c.index, scale, "mhc", "baseline", section_seeds(main)).values())
+    verdict, why = verdict_negative_gap(gaps, paper.FIG5_MHC_FINAL_LOSS_GAP, c.mechanism)
+    return Claim(
+        "1. mHC's final loss is below the baseline's",
+        f"{paper.FIG5_MHC_FINAL_LOSS_GAP} (27B, Fig. 5)",
+        f"val-loss gap mHC − baseline {mean_ci(gaps).text()} at {scale}",
+        verdict,
+        why,
     )
 
-    sweep = lr_sweep_runs(index)
+
+def claim_instability(c: ClaimInputs) -> Claim:
+    """Claim 2: HC becomes unstable in training, mHC does not (Fig. 2), tested by the LR sweep."""
+    sweep = lr_sweep_runs(c.index)
     sweep = sweep[sweep["status"] != "missing"]
-    cells = instability_cells(sweep)
-    verdict, why = verdict_instability(cells, bool(sweep["unstable"].any()) if not sweep.empty else False)
+    verdict, why = verdict_instability(
+        instability_cells(sweep), bool(sweep["unstable"].any()) if not sweep.empty else False
+    )
     counts = "; ".join(
         f"{v}: {int(g['unstable'].sum())} of {len(g)} unstable ({int(g['diverged'].sum())} diverged)"
         for v, g in sweep.groupby("variant", sort=False)
     )
-    multipliers = ", ".join(f"{m:g}×" for m in (index.get("lr_sweep") or {}).get("multipliers") or [])
-    out.append(
-        Claim(
-            "2. HC becomes unstable in training, mHC does not",
-            f"HC loss surge with a grad-norm spike around step {paper.FIG2_HC_SURGE_STEP // 1000}k (27B, Fig. 2)",
-            f"LR sweep ({multipliers or 'not run'}): {counts or 'no runs'}",
-            verdict,
-            why,
-        )
+    multipliers = ", ".join(f"{m:g}×" for m in (c.index.get("lr_sweep") or {}).get("multipliers") or [])
+    return Claim(
+        "2. HC becomes unstable in training, mHC does not",
+        f"HC loss surge with a grad-norm spike around step {paper.FIG2_HC_SURGE_STEP // 1000}k (27B, Fig. 2)",
+        f"LR sweep ({multipliers or 'not run'}): {counts or 'no runs'}",
+        verdict,
+        why,
     )
 
-    amax = amax_evidence(index)
-    verdict, why = verdict_amax(amax["hc_max"], amax["mhc_max"], mechanism)
-    out.append(
-        Claim(
-            "3. Composite Amax gain: HC explodes, mHC stays bounded",
-            f"HC ≈ {paper.FIG3_HC_COMPOSITE_AMAX_PEAK:g} vs mHC ≈ {paper.FIG7_MHC_COMPOSITE_AMAX_MAX:g} "
-            f"(27B, {paper.PAPER_SUBLAYERS_27B} sub-layers)",
-            f"max composite gain (last diagnostics): HC {num(amax['hc_max'])} (fwd/bwd), mHC {num(amax['mhc_max'])} "
-            "(bwd; its fwd is 1 by construction)",
-            verdict,
-            why,
-        )
+
+def claim_composite_amax(c: ClaimInputs) -> Claim:
+    """Claim 3: the composite Amax gain of HC explodes, mHC's stays bounded (Fig. 3 and 7)."""
+    amax = c.amax
+    verdict, why = verdict_amax(amax["hc_max"], amax["mhc_max"], c.mechanism)
+    return Claim(
+        "3. Composite Amax gain: HC explodes, mHC stays bounded",
+        f"HC ≈ {paper.FIG3_HC_COMPOSITE_AMAX_PEAK:g} vs mHC ≈ {paper.FIG7_MHC_COMPOSITE_AMAX_MAX:g} "
+        f"(27B, {paper.PAPER_SUBLAYERS_27B} sub-layers)",
+        f"max composite gain (last diagnostics): HC {_num(amax['hc_max'])} (fwd/bwd), mHC {_num(amax['mhc_max'])} "
+        "(bwd; its fwd is 1 by construction)",
+        verdict,
+        why,
     )
 
+
+def claim_forward_gain(c: ClaimInputs) -> Claim:
+    """Claim 4: mHC's single-layer forward gain is 1 (Fig. 7a)."""
+    amax = c.amax
     verdict, why = verdict_forward_gain(amax["mhc_forward_dev"])
-    out.append(
-        Claim(
-            "4. mHC single-layer forward gain = 1",
-            "exactly 1 (Sinkhorn's row step last); backward deviates slightly (Fig. 7a)",
-            f"max |fwd gain − 1| = {num(amax['mhc_forward_dev'])}; max |bwd gain − 1| = "
-            f"{num(amax['mhc_backward_dev'])}",
-            verdict,
-            why,
-        )
+    return Claim(
+        "4. mHC single-layer forward gain = 1",
+        "exactly 1 (Sinkhorn's row step last); backward deviates slightly (Fig. 7a)",
+        f"max |fwd gain − 1| = {_num(amax['mhc_forward_dev'])}; max |bwd gain − 1| = {_num(amax['mhc_backward_dev'])}",
+        verdict,
+        why,
     )
 
-    out.append(ablation_claim(index))
 
-    escale, _, eseeds = eval_runs(index)
-    for other, letter in (("baseline", "a"), ("hc", "b")):
-        evidence = benchmark_evidence(index, "mhc", other)
-        verdict, why = verdict_benchmarks({t: e.seed_ci for t, e in evidence.items()}, mechanism)
+def claim_ablation(c: ClaimInputs) -> Claim:
+    """Claim 5: H_res gives most of HC's gain (Table 1)."""
+    return ablation_claim(c.index)
+
+
+def claim_benchmarks(other: str, letter: str) -> Callable[[ClaimInputs], Claim]:
+    """Claim 6a/6b: mHC beats `other` on the benchmarks (Table 4), scored item by item."""
+
+    def claim(c: ClaimInputs) -> Claim:
+        escale, _, eseeds = eval_runs(c.index)
+        evidence = benchmark_evidence(c.index, "mhc", other)
+        verdict, why = verdict_benchmarks({t: e.seed_ci for t, e in evidence.items()}, c.mechanism)
         ours = "; ".join(f"{t}: Δ gold log-lik {e.seed_ci.text(3)} nats/item" for t, e in evidence.items())
-        out.append(
-            Claim(
-                f"6{letter}. mHC beats {'the baseline' if other == 'baseline' else 'HC'} on the benchmarks",
-                f"{paper.table4_wins('mhc', other)} of 8 (27B, Table 4)",
-                f"{ours or 'no per-item scores'} ({escale}, seeds {eseeds})",
-                verdict,
-                why,
-            )
-        )
-
-    points = compute_scaling_points(index)
-    verdict, why = verdict_compute_scaling([p["gap"] for p in points], mechanism)
-    out.append(
-        Claim(
-            "7. Compute scaling: the mHC advantage is maintained across scales",
-            "maintained, marginal attenuation (3B/9B/27B, Fig. 6a; no numbers in the text)",
-            "; ".join(f"{p['scale']}: {p['gap'].text()}" for p in points)
-            + f" ({len(points)} of {len((index.get('compute_scaling') or {}).get('scales') or [])} planned scales "
-            "with a completed pair)",
+        return Claim(
+            f"6{letter}. mHC beats {'the baseline' if other == 'baseline' else 'HC'} on the benchmarks",
+            f"{paper.table4_wins('mhc', other)} of 8 (27B, Table 4)",
+            f"{ours or 'no per-item scores'} ({escale}, seeds {eseeds})",
             verdict,
             why,
         )
+
+    claim.__name__ = claim.__qualname__ = f"claim_benchmarks_{other}"
+    return claim
+
+
+def claim_compute_scaling(c: ClaimInputs) -> Claim:
+    """Claim 7: the mHC advantage is maintained across the scale ladder (Fig. 6a)."""
+    points = compute_scaling_points(c.index)
+    verdict, why = verdict_compute_scaling([p["gap"] for p in points], c.mechanism)
+    planned = len((c.index.get("compute_scaling") or {}).get("scales") or [])
+    return Claim(
+        "7. Compute scaling: the mHC advantage is maintained across scales",
+        "maintained, marginal attenuation (3B/9B/27B, Fig. 6a; no numbers in the text)",
+        "; ".join(f"{p['scale']}: {p['gap'].text()}" for p in points)
+        + f" ({len(points)} of {planned} planned scales with a completed pair)",
+        verdict,
+        why,
     )
 
-    frame, source = token_scaling_points(index)
+
+def claim_token_scaling(c: ClaimInputs) -> Claim:
+    """Claim 8: the advantage holds along training (Fig. 6b), at the token-scaling checkpoints."""
+    frame, source = token_scaling_points(c.index)
     by_step = {int(s): g["gap"].tolist() for s, g in frame.groupby("step")} if not frame.empty else {}
-    verdict, why = verdict_token_scaling(by_step, mechanism)
+    verdict, why = verdict_token_scaling(by_step, c.mechanism)
+    ours = "token-scaling runs missing"
     if by_step:
         steps = sorted(by_step)
         negative = sum(np.mean(by_step[s]) < 0 for s in steps)
@@ -506,28 +528,49 @@ def claims(index: dict[str, Any], measurements: dict[str, Any] | None) -> list[C
             f"gap at the last checkpoint (step {steps[-1]}) {mean_ci(by_step[steps[-1]]).text()}; "
             f"negative at {negative} of {len(steps)} checkpoints ({source})"
         )
-    else:
-        ours = "token-scaling runs missing"
-    out.append(Claim("8. Token scaling: the advantage holds along training", "maintained over 1T tokens (3B, Fig. 6b)",
-                     ours, verdict, why))  # fmt: skip
+    return Claim(
+        "8. Token scaling: the advantage holds along training", "maintained over 1T tokens (3B, Fig. 6b)", ours,
+        verdict, why,
+    )  # fmt: skip
 
-    records = list((measurements or {}).get("overhead") or [])
+
+def claim_overhead(c: ClaimInputs) -> Claim:
+    """Claim 9: mHC with n = 4 costs 6.7% extra training time (§4.3)."""
+    records = list((c.measurements or {}).get("overhead") or [])
     verdict, why = verdict_overhead(records)
-    mhc = [r for r in records if r.get("arch") == "mhc" and is_number(r.get("ratio"))]
     ours = "; ".join(
         f"{r.get('scale')}: {100 * (r['ratio'] - 1):+.1f}% ({r.get('kernels', '?')} kernels, {r.get('device', '?')})"
-        for r in mhc
+        for r in records
+        if r.get("arch") == "mhc" and is_number(r.get("ratio"))
     )
-    out.append(
-        Claim(
-            "9. mHC (n = 4) costs 6.7% extra training time",
-            f"{100 * paper.OVERHEAD_N4:.1f}% (fused kernels, GPUs, §4.3)",
-            ours or "not measured",
-            verdict,
-            why,
-        )
+    return Claim(
+        "9. mHC (n = 4) costs 6.7% extra training time",
+        f"{100 * paper.OVERHEAD_N4:.1f}% (fused kernels, GPUs, §4.3)",
+        ours or "not measured",
+        verdict,
+        why,
     )
-    return out
+
+
+CLAIMS: tuple[Callable[[ClaimInputs], Claim], ...] = (
+    claim_final_loss,
+    claim_instability,
+    claim_composite_amax,
+    claim_forward_gain,
+    claim_ablation,
+    claim_benchmarks("baseline", "a"),
+    claim_benchmarks("hc", "b"),
+    claim_compute_scaling,
+    claim_token_scaling,
+    claim_overhead,
+)
+"""The paper's claims in the report's order: each function gives one row (the paper's number, ours, the verdict)."""
+
+
+def claims(index: dict[str, Any], measurements: dict[str, Any] | None) -> list[Claim]:
+    """The paper's claims with the paper's number, ours and the verdict of each rule."""
+    inputs = ClaimInputs(index, measurements)
+    return [claim(inputs) for claim in CLAIMS]
 
 
 def ablation_claim(index: dict[str, Any]) -> Claim:
@@ -885,8 +928,6 @@ def power_section(index: dict[str, Any]) -> list[str]:
     )
     planned = ev["planned_sd"]
     if planned is not None:
-        from .power import detectable_gap
-
         planned_gap = detectable_gap(planned, ev["n"], ev["alpha"], ev["power"])
         source = f" ({ev['planned_from']})" if ev["planned_from"] else ""
         comparison = (
@@ -925,21 +966,9 @@ def runs_section(index: dict[str, Any]) -> list[str]:
     return lines
 
 
-FIGURE_CAPTIONS: dict[str, str] = {
-    "fig_mechanism": "Mechanism: stream spread, H_res movement and the gradient reaching H_res",
-    "fig_lr_sweep": "Stability under a learning-rate stress test",
-    "fig2_hc_instability": "Fig. 2: training loss gap HC − mHC and gradient norms",
-    "fig3_hc_amax": "Fig. 3: HC Amax gain, single-layer and composite",
-    "fig5_mhc_stability": "Fig. 5: training loss gap to the baseline and gradient norms",
-    "fig6_scaling": "Fig. 6: compute and token scaling",
-    "fig7_mhc_amax": "Fig. 7: mHC Amax gain, single-layer and composite",
-    "fig8_mappings": "Fig. 8: learned H_res matrices",
-}
-
-
 def figures_section(figures: Path, report_dir: Path) -> list[str]:
     lines = ["## Figures", ""]
-    for name, caption in FIGURE_CAPTIONS.items():
+    for name, caption in ((f.name, f.caption) for f in FIGURES):
         rel = Path(os.path.relpath(figures, report_dir))
         png, pdf = (rel / f"{name}.png").as_posix(), (rel / f"{name}.pdf").as_posix()
         exists = (figures / f"{name}.png").is_file()
@@ -948,20 +977,9 @@ def figures_section(figures: Path, report_dir: Path) -> list[str]:
     return lines
 
 
-TABLE_FILES = (
-    "table1_ablation",
-    "benchmarks_items",
-    "table2_memory_access",
-    "table3_recompute",
-    "table4_benchmarks",
-    "table5_configs",
-    "overhead",
-)
-
-
 def tables_section(tables: Path) -> list[str]:
     lines = ["## Tables", ""]
-    for name in TABLE_FILES:
+    for name in TABLE_NAMES:
         path = tables / f"{name}.md"
         if path.is_file():
             text = path.read_text().strip()
@@ -1177,7 +1195,6 @@ def update_readme(readme: Path, tier: str, summary: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", required=True, help="results/analysis/runs.json")
     parser.add_argument("--tables", required=True, help="folder written by analysis.tables")
     parser.add_argument("--out", required=True, help="report markdown file")
     parser.add_argument(
@@ -1187,11 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
         "--measurements", default=None, help="measurements.json (default: measurements.json beside the index)"
     )
     parser.add_argument("--readme", default=None, help="also rewrite this README's generated results block")
-    args = parser.parse_args(argv)
-    try:
-        index = load_index(args.index)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    args, index = parse_args_and_index(parser, argv)
+    if index is None:
         return 2
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent / "figures"

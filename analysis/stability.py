@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .plan import lr_variant
-from .tables import final_val_loss, find_runs, is_number, read_jsonl, section_seeds, train_rows
+from .results import final_val_loss, find_runs, read_jsonl, section_seeds, train_rows
+from .stats import is_number
 
 WARMUP_FRACTION = 0.1
 LOSS_SURGE_NATS = 0.1

@@ -1,23 +1,18 @@
 """`python -m analysis.tables --index runs.json --measurements measurements.json --out results/tables`.
 
 The paper's Tables 1-5 and its 6.7% overhead figure, each rebuilt from our runs with the paper's values in
-columns (or, for Table 4, rows) beside ours, never instead of them. Every table is written as `NAME.csv` (the
-numbers, unrounded) and `NAME.md` (a header line saying what was measured at which tier and scale, the table,
-and notes on choices made).
-
-This module is also the analysis' data layer: reading the index and the files a run leaves (metrics.jsonl,
-diagnostics.jsonl, eval.json, checkpoint_losses.json, mappings.json), the paired per-seed loss gaps and the
-Student-t confidence interval. The figures and the report import them from here so that "the final gap of mHC"
-has one definition.
+columns (or, for Table 4, rows) beside ours, never instead of them, and the per-item comparison of the
+multiple-choice benchmarks. Every table is written as `NAME.csv` (the numbers, unrounded) and `NAME.md` (a header
+line saying what was measured at which tier and scale, the table, and notes on choices made). The names are
+analysis/artifacts.py's; the runs are read through analysis/results.py and analysis/benchmarks.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,294 +21,24 @@ import numpy as np
 import pandas as pd
 
 from . import paper
-
-# --------------------------------------------------------------------------------------------------------------------
-# Reading the index and run outputs
-
-
-def load_json(path: str | Path | None) -> Any | None:
-    """A JSON file's content, or None when the path is None, missing or unreadable (inputs may not exist yet)."""
-    if not path:
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def load_index(path: str | Path) -> dict[str, Any]:
-    """The run index written by analysis.index; a missing index is an error (nothing can be built without it)."""
-    data = load_json(path)
-    if not isinstance(data, dict):
-        raise FileNotFoundError(f"run index {path} is missing or not a JSON object")
-    return data
-
-
-def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file; blank or truncated lines (a run killed mid-write) are skipped."""
-    if not path or not Path(path).is_file():
-        return []
-    records = []
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def train_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Training-step rows of metrics.jsonl (the ones that carry a training loss)."""
-    return [r for r in records if "loss" in r and "step" in r]
-
-
-def val_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl with a validation loss (step 0 and every eval interval)."""
-    return [r for r in records if "val_loss" in r and "step" in r]
-
-
-def amax_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The Amax summary rows of metrics.jsonl (HC/mHC only)."""
-    return [r for r in records if "amax_composite_fwd" in r]
-
-
-def all_runs(index: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every run of the index, with its key under "key"."""
-    return [{"key": key, **run} for key, run in (index.get("runs") or {}).items()]
-
-
-def find_runs(
-    index: dict[str, Any],
-    *,
-    scale: str | None = None,
-    variant: str | None = None,
-    seeds: Iterable[int] | None = None,
-) -> list[dict[str, Any]]:
-    """Runs matching (scale, variant, seed set), sorted by seed; looked up by fields, not by key spelling."""
-    wanted = None if seeds is None else {int(s) for s in seeds}
-    runs = [
-        r
-        for r in all_runs(index)
-        if (scale is None or r.get("scale") == scale)
-        and (variant is None or r.get("variant") == variant)
-        and (wanted is None or int(r.get("seed", -1)) in wanted)
-    ]
-    return sorted(runs, key=lambda r: int(r.get("seed", 0)))
-
-
-def find_run(index: dict[str, Any], scale: str | None, variant: str, seed: int | None = None) -> dict[str, Any] | None:
-    """One run: the given seed, or (seed None) the lowest seed that has any output; None when there is none."""
-    runs = find_runs(index, scale=scale, variant=variant, seeds=None if seed is None else [seed])
-    if seed is None:
-        runs = [r for r in runs if r.get("status") != "missing"] or runs
-    return runs[0] if runs else None
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def final_val_loss(run: dict[str, Any] | None) -> float | None:
-    """A run's final validation loss when it completed (diverged or failed runs have no comparable final loss)."""
-    if not run or run.get("status") != "completed":
-        return None
-    value = run.get("final_val_loss")
-    return float(value) if is_number(value) else None
-
-
-def section_seeds(section: dict[str, Any]) -> list[int]:
-    """Seeds of an index section, which spells them "seeds" (a list) or "seed" (one)."""
-    if section.get("seeds") is not None:
-        return [int(s) for s in section["seeds"]]
-    if section.get("seed") is not None:
-        return [int(section["seed"])]
-    return []
-
-
-def paired_gaps(
-    index: dict[str, Any], scale: str | None, variant: str, reference: str, seeds: Iterable[int]
-) -> dict[int, float]:
-    """Final val loss of `variant` minus that of `reference`, per seed where both completed.
-
-    Paired by seed (same data order and initialisation stream), which removes the seed-to-seed variation the two
-    runs share; the CI of the mean gap is then taken over these per-seed differences."""
-    gaps: dict[int, float] = {}
-    for seed in seeds:
-        a = final_val_loss(find_run(index, scale, variant, int(seed)))
-        b = final_val_loss(find_run(index, scale, reference, int(seed)))
-        if a is not None and b is not None:
-            gaps[int(seed)] = a - b
-    return gaps
-
-
-def last_diagnostics(run: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The last record of a run's diagnostics.jsonl (the end-of-training Amax curves), or None."""
-    if not run:
-        return None
-    records = [r for r in read_jsonl(run.get("diagnostics")) if "composite_forward" in r]
-    return records[-1] if records else None
-
-
-def checkpoint_points(run: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Token-scaling points of a run: checkpoint_losses.json, else the val_loss rows of metrics.jsonl.
-
-    The fallback keeps Fig. 6b drawable before the checkpoint evaluation has run; the report says which was used
-    through `points_source`."""
-    if not run:
-        return []
-    data = load_json(run.get("checkpoint_losses"))
-    if isinstance(data, dict) and data.get("points"):
-        return [p for p in data["points"] if is_number(p.get("val_loss"))]
-    return [
-        {"step": r["step"], "tokens": r.get("tokens"), "val_loss": r["val_loss"]}
-        for r in val_rows(read_jsonl(run.get("metrics")))
-        if is_number(r.get("val_loss")) and r.get("step", 0) > 0
-    ]
-
-
-def points_source(run: dict[str, Any] | None) -> str:
-    data = load_json((run or {}).get("checkpoint_losses"))
-    return "checkpoint_losses.json" if isinstance(data, dict) and data.get("points") else "metrics.jsonl val_loss"
-
-
-def amax_run(index: dict[str, Any], variant: str) -> dict[str, Any] | None:
-    """The main-scale run whose last diagnostics record Fig. 3/7 show: seed 0, else the lowest seed with one."""
-    main = index.get("main") or {}
-    scale = main.get("scale")
-    run = find_run(index, scale, variant, 0)
-    if last_diagnostics(run) is not None:
-        return run
-    for candidate in find_runs(index, scale=scale, variant=variant):
-        if last_diagnostics(candidate) is not None:
-            return candidate
-    return None
-
-
-def compute_scaling_points(index: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per compute-scaling scale: FLOPs, the paired mHC − baseline final val-loss gap (CI) and the loss ratio."""
-    section = index.get("compute_scaling") or {}
-    scales = index.get("scales") or {}
-    points = []
-    for scale in section.get("scales") or []:
-        # every seed run at this scale counts (the main scale has the main comparison's seeds)
-        seeds = sorted({int(r["seed"]) for r in (index.get("runs") or {}).values() if r.get("scale") == scale})
-        spec = scales.get(scale) or {}
-        flops = spec.get("flops")
-        if not is_number(flops) and is_number(spec.get("params_active")) and is_number(spec.get("tokens")):
-            flops = 6.0 * spec["params_active"] * spec["tokens"]
-        gaps = paired_gaps(index, scale, "mhc", "baseline", seeds)
-        ratios = [
-            final_val_loss(find_run(index, scale, "mhc", s)) / final_val_loss(find_run(index, scale, "baseline", s))
-            for s in gaps
-        ]
-        if gaps and is_number(flops):
-            points.append(
-                {"scale": scale, "flops": float(flops), "gap": mean_ci(list(gaps.values())), "ratio": mean_ci(ratios)}
-            )
-    return points
-
-
-def token_scaling_points(index: dict[str, Any]) -> tuple[pd.DataFrame, str]:
-    """tokens, gap (mHC − baseline) and ratio at the token-scaling checkpoints both runs evaluated."""
-    section = index.get("token_scaling") or {}
-    scale, seeds = section.get("scale"), section_seeds(section)
-    frames, sources = [], set()
-    for seed in seeds:
-        runs = {v: find_run(index, scale, v, seed) for v in ("baseline", "mhc")}
-        pts = {v: pd.DataFrame(checkpoint_points(r), columns=["step", "tokens", "val_loss"]) for v, r in runs.items()}
-        if any(p.empty for p in pts.values()):
-            continue
-        sources |= {points_source(r) for r in runs.values()}
-        merged = pts["mhc"].merge(pts["baseline"], on="step", suffixes=("_mhc", "_base"))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "seed": seed,
-                    "step": merged["step"],
-                    "tokens": merged["tokens_mhc"],
-                    "gap": merged["val_loss_mhc"] - merged["val_loss_base"],
-                    "ratio": merged["val_loss_mhc"] / merged["val_loss_base"],
-                }
-            )
-        )
-    frame = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=["seed", "step", "tokens", "gap", "ratio"])
-    )
-    return frame, ", ".join(sorted(sources))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Statistics
-
-T95: dict[int, float] = {
-    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-    11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
-    21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042,
-}  # fmt: skip
-"""Two-sided 95% Student-t quantiles t_{0.975, dof}, used when scipy is not installed."""
-
-
-def t_quantile(dof: int, level: float = 0.95) -> float:
-    """The two-sided Student-t quantile for a `level` interval with `dof` degrees of freedom."""
-    if dof < 1:
-        raise ValueError(f"dof must be >= 1, got {dof}")
-    try:
-        from scipy import stats
-    except ImportError:
-        if abs(level - 0.95) > 1e-12:
-            raise ValueError("without scipy only the 95% level is tabulated") from None
-        return T95.get(dof, 1.96)
-    return float(stats.t.ppf(0.5 + level / 2, dof))
-
-
-@dataclass(frozen=True)
-class CI:
-    """Mean of n values with the half-width of its two-sided Student-t interval (NaN when n < 2)."""
-
-    mean: float
-    half_width: float
-    n: int
-
-    @property
-    def low(self) -> float:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
-
-    def text(self, digits: int = 3) -> str:
-        if self.n == 0:
-            return "n/a"
-        if self.n < 2:
-            return f"{self.mean:+.{digits}f} (n=1)"
-        return f"{self.mean:+.{digits}f} ± {self.half_width:.{digits}f} (n={self.n})"
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> CI:
-    """Mean and Student-t CI half-width (n−1 dof, sample standard deviation) of a few seeds' values."""
-    xs = [float(v) for v in values if is_number(v)]
-    n = len(xs)
-    if n == 0:
-        return CI(math.nan, math.nan, 0)
-    mean = sum(xs) / n
-    if n < 2:
-        return CI(mean, math.nan, 1)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return CI(mean, t_quantile(n - 1, level) * sd / math.sqrt(n), n)
-
-
-def mean_or_none(values: Iterable[float | None]) -> float | None:
-    xs = [float(v) for v in values if is_number(v)]
-    return sum(xs) / len(xs) if xs else None
-
+from .artifacts import TABLE_NAMES
+from .benchmarks import COMPARISONS, PairedItems, evaluated_files, pair_files, tasks_in
+from .results import (
+    BENCHMARKS,
+    HELLASWAG_ACC,
+    benchmark_means,
+    benchmark_of_task,
+    eval_runs,
+    final_val_loss,
+    find_run,
+    load_json,
+    main_scale,
+    paired_gaps,
+    parse_args_and_index,
+    scales_run,
+    section_seeds,
+)
+from .stats import is_number, mean_ci, mean_or_none
 
 # --------------------------------------------------------------------------------------------------------------------
 # Tables and their files
@@ -379,10 +104,6 @@ def _where(index: dict[str, Any], scale: str | None, seeds: Sequence[int] | None
     return text
 
 
-def _main_scale(index: dict[str, Any]) -> str | None:
-    return (index.get("main") or {}).get("scale")
-
-
 # ---- Table 1 -------------------------------------------------------------------------------------------------------
 
 
@@ -443,9 +164,9 @@ def table2_memory_access(index: dict[str, Any], measurements: dict[str, Any] | N
     """Per-op residual-stream reads/writes per token: Table 2's formula at our (n, C) beside the counted bytes."""
     traffic = list((measurements or {}).get("traffic") or [])
     if not traffic:  # paper-only rows at the main scale's width
-        C = int(((index.get("scales") or {}).get(_main_scale(index)) or {}).get("dim", 0)) or None
+        C = int(((index.get("scales") or {}).get(main_scale(index)) or {}).get("dim", 0)) or None
         traffic = [
-            {"scale": _main_scale(index), "arch": arch, "n": 1 if arch == "baseline" else paper.EXPANSION_RATE,
+            {"scale": main_scale(index), "arch": arch, "n": 1 if arch == "baseline" else paper.EXPANSION_RATE,
              "C": C, "op": op}
             for arch, ops in (("baseline", ("merge", "total")), ("mhc", paper.TABLE2_OPS))
             for op in ops
@@ -568,167 +289,6 @@ def table3_recompute(index: dict[str, Any], measurements: dict[str, Any] | None)
 # ---- Table 4 -------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    """Where one Table 4 benchmark's score lives in lm-eval's results JSON.
-
-    `tasks`: group or task names tried in order (the suite's name first); `metric`: the metric name before the
-    comma of lm-eval's "metric,filter" keys; `filters`: preferred filters in order (any other filter of that metric
-    is the last resort); `prefixes`: names of the subtasks to average when no group-level score was written."""
-
-    name: str
-    tasks: tuple[str, ...]
-    metric: str
-    filters: tuple[str, ...]
-    prefixes: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-
-BENCHMARKS: tuple[Benchmark, ...] = (
-    Benchmark(
-        "BBH",
-        ("bbh_cot_fewshot", "bbh"),
-        "exact_match",
-        ("get-answer", "flexible-extract", "strict-match", "none"),
-        ("bbh_cot_fewshot_", "bbh_"),
-    ),
-    Benchmark("DROP", ("drop",), "f1", ("none",)),
-    Benchmark("GSM8K", ("gsm8k_cot", "gsm8k"), "exact_match", ("strict-match", "flexible-extract")),
-    Benchmark("HellaSwag", ("hellaswag",), "acc_norm", ("none",)),
-    Benchmark("MATH", ("minerva_math",), "exact_match", ("none",), ("minerva_math_",), ("minerva_math500",)),
-    Benchmark("MMLU", ("mmlu",), "acc", ("none",), ("mmlu_",)),
-    Benchmark("PIQA", ("piqa",), "acc", ("none",)),
-    Benchmark("TriviaQA", ("triviaqa",), "exact_match", ("remove_whitespace", "none")),
-)
-"""Table 4's benchmarks in the paper's order, as eval/tasks/mhc_paper_suite.yaml runs them (lm-eval 0.4.13)."""
-
-HELLASWAG_ACC = Benchmark("HellaSwag acc", ("hellaswag",), "acc", ("none",))
-
-
-def benchmark_of_task(task: str) -> str | None:
-    """The Table 4 benchmark an lm-eval task belongs to (piqa -> PIQA, mmlu_anatomy -> MMLU), else None."""
-    for bench in BENCHMARKS:
-        if task in bench.tasks or (any(task.startswith(p) for p in bench.prefixes) and task not in bench.exclude):
-            return bench.name
-    return None
-
-
-def variant_arch(index: dict[str, Any], variant: str) -> str | None:
-    """A variant's arch: from the index's `variants` table, else from any of its runs (old indexes lack the table)."""
-    spec = (index.get("variants") or {}).get(variant) or {}
-    if spec.get("arch"):
-        return str(spec["arch"])
-    run = next((r for r in find_runs(index, variant=variant) if r.get("arch")), None)
-    return str(run["arch"]) if run else None
-
-
-def pick_metric_key(scores: dict[str, Any], metric: str, filters: Sequence[str]) -> str | None:
-    """The "metric,filter" key to report: the first preferred filter present, else any other filter of `metric`."""
-    keys = [k for k, v in scores.items() if k.split(",")[0] == metric and is_number(v)]
-    for f in filters:
-        if f"{metric},{f}" in keys:
-            return f"{metric},{f}"
-    return sorted(keys)[0] if keys else None
-
-
-def _leaf_tasks(data: dict[str, Any], group: str) -> list[str]:
-    """The leaf tasks under a group, from lm-eval's "group_subtasks" (recursively: MMLU nests its categories)."""
-    tree = data.get("group_subtasks") or {}
-    if group not in tree:
-        return []
-    leaves: list[str] = []
-    for child in tree[group]:
-        leaves += _leaf_tasks(data, child) if child in tree else [child]
-    return leaves
-
-
-def benchmark_score(data: dict[str, Any], bench: Benchmark) -> tuple[float | None, str]:
-    """(score in [0, 1], "task/metric,filter" it came from) of one benchmark in an lm-eval results JSON.
-
-    Group-level scores are used when present (lm-eval writes them for groups with an aggregate_metric_list, weighted
-    by size). Otherwise the subtasks are averaged, weighted by their effective sample counts when known."""
-    results = data.get("results") or {}
-    for task in bench.tasks:
-        scores = results.get(task)
-        if isinstance(scores, dict):
-            key = pick_metric_key(scores, bench.metric, bench.filters)
-            if key:
-                return float(scores[key]), f"{task}/{key}"
-    groups = set((data.get("group_subtasks") or {}).keys())
-    leaves: list[str] = []
-    for task in bench.tasks:
-        leaves = _leaf_tasks(data, task)
-        if leaves:
-            break
-    if not leaves and bench.prefixes:
-        counted = set((data.get("n-samples") or {}).keys())
-        leaves = sorted(
-            t
-            for t in results
-            if t.startswith(bench.prefixes)
-            and not t.startswith(bench.exclude)
-            and t not in groups
-            and (not counted or t in counted)
-        )
-    total = weight = 0.0
-    used_key = None
-    for task in leaves:
-        scores = results.get(task)
-        if not isinstance(scores, dict):
-            continue
-        key = pick_metric_key(scores, bench.metric, bench.filters)
-        if not key:
-            continue
-        n = ((data.get("n-samples") or {}).get(task) or {}).get("effective") or 1
-        total += float(scores[key]) * n
-        weight += n
-        used_key = key
-    if weight:
-        return total / weight, f"mean of {len(leaves)} subtasks/{used_key}"
-    return None, ""
-
-
-def eval_substitutions(data: dict[str, Any] | None) -> list[str]:
-    """The local-data substitutions an evaluation used, as text (dict, list of strings or list of dicts)."""
-    subs = (data or {}).get("mhc_substitutions")
-    if not subs:
-        return []
-    if isinstance(subs, dict):
-        return [f"{k}: {v}" for k, v in subs.items()]
-    out = []
-    for item in subs if isinstance(subs, list) else [subs]:
-        if isinstance(item, dict):
-            out.append("; ".join(f"{k}: {v}" for k, v in item.items()))
-        else:
-            out.append(str(item))
-    return out
-
-
-def eval_runs(index: dict[str, Any]) -> tuple[str | None, list[str], list[int]]:
-    """(scale, variants, seeds) of the evaluation: the eval section names no scale, so the main scale is used."""
-    section = index.get("eval") or {}
-    scale = section.get("scale") or _main_scale(index)
-    return scale, list(section.get("variants") or []), section_seeds(section)
-
-
-def benchmark_means(index: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """variant -> {"scores": {benchmark: mean ×100 or None}, "seeds": n, "keys": {benchmark: source}}."""
-    scale, variants, seeds = eval_runs(index)
-    out: dict[str, dict[str, Any]] = {}
-    for variant in variants:
-        files = [load_json(r.get("eval")) for r in find_runs(index, scale=scale, variant=variant, seeds=seeds)]
-        # a results file that says the run diverged (no scores) is not a seed that was evaluated
-        files = [f for f in files if isinstance(f, dict) and not f.get("mhc_skipped")]
-        scores, keys = {}, {}
-        for b in (*BENCHMARKS, HELLASWAG_ACC):
-            found = [benchmark_score(f, b) for f in files]
-            values = [v for v, _ in found if v is not None]
-            scores[b.name] = 100.0 * sum(values) / len(values) if values else None
-            keys[b.name] = sorted({k for v, k in found if v is not None})
-        out[variant] = {"scores": scores, "seeds": len(files), "keys": keys}
-    return out
-
-
 def table4_benchmarks(index: dict[str, Any]) -> Table:
     """Our per-variant benchmark means (×100) as rows below the paper's three 27B reference rows."""
     scale, variants, seeds = eval_runs(index)
@@ -790,12 +350,6 @@ TABLE5_OURS: dict[str, tuple[str, ...]] = {
     "Base learning rate": ("lr",),
 }
 """Table 5 attribute -> the index's `scales` key(s) holding our value."""
-
-
-def scales_run(index: dict[str, Any]) -> list[str]:
-    """Scales with at least one run that left output (status other than missing), in the index's scale order."""
-    used = {r.get("scale") for r in all_runs(index) if r.get("status") not in (None, "missing")}
-    return [s for s in (index.get("scales") or {}) if s in used]
 
 
 def table5_configs(index: dict[str, Any]) -> Table:
@@ -876,34 +430,147 @@ def overhead(index: dict[str, Any], measurements: dict[str, Any] | None) -> Tabl
     return Table("overhead", "Training-time overhead", header, frame, notes)
 
 
+# ---- Per-item benchmarks (the multiple-choice tasks scored item by item) ------------------------------------------
+
+
+ITEM_TABLE_COLUMNS: tuple[str, ...] = (
+    "task",
+    "comparison",
+    "items",
+    "seeds",
+    "gold_ll_delta",
+    "gold_ll_ci95",
+    "gold_ll_ci95_items",
+    "choice_logprob_delta",
+    "choice_logprob_ci95",
+    "acc_metric",
+    "acc_a",
+    "acc_b",
+    "paper_delta_points",
+)
+"""Columns of `benchmark_table`'s frame."""
+
+
+def comparison_label(a: str, b: str) -> str:
+    return f"{a} - {b}"
+
+
+def paper_delta_points(a: str, b: str, task: str) -> float | None:
+    """The paper's 27B accuracy difference a − b in points for the task's benchmark, when Table 4 has it."""
+    bench = benchmark_of_task(task)
+    if bench is None or a not in paper.TABLE4 or b not in paper.TABLE4:
+        return None
+    return round(paper.TABLE4[a][bench] - paper.TABLE4[b][bench], 1)  # the table prints one decimal
+
+
+def accuracy_metric(task: str) -> str:
+    """The metric Table 4's reproduction reports for the task (acc_norm for HellaSwag, acc otherwise)."""
+    bench = next((b for b in BENCHMARKS if b.name == benchmark_of_task(task)), None)
+    return "acc_norm" if bench is not None and bench.metric == "acc_norm" else "acc"
+
+
+def _points(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def _table_row(pair: PairedItems) -> dict[str, Any]:
+    metric = accuracy_metric(pair.task)
+    acc_a, acc_b = (pair.acc_norm_a, pair.acc_norm_b) if metric == "acc_norm" else (pair.acc_a, pair.acc_b)
+    return {
+        "task": pair.task,
+        "comparison": comparison_label(pair.a, pair.b),
+        "items": pair.n_items,
+        "seeds": pair.n_seeds,
+        "gold_ll_delta": pair.seed_ci.mean if pair.seed_ci.n else None,
+        "gold_ll_ci95": pair.seed_ci.half_width if pair.seed_ci.n >= 2 else None,
+        "gold_ll_ci95_items": pair.item_ci.half_width if pair.item_ci.n >= 2 else None,
+        "choice_logprob_delta": pair.choice_seed_ci.mean if pair.choice_seed_ci.n else None,
+        "choice_logprob_ci95": pair.choice_seed_ci.half_width if pair.choice_seed_ci.n >= 2 else None,
+        "acc_metric": metric,
+        "acc_a": _points(acc_a),
+        "acc_b": _points(acc_b),
+        "paper_delta_points": paper_delta_points(pair.a, pair.b, pair.task),
+    }
+
+
+def _items_header(index: dict[str, Any]) -> str:
+    scale, _, seeds = eval_runs(index)
+    limit = (index.get("eval") or {}).get("limit")
+    return (
+        "Measured: per item of each multiple-choice benchmark, the summed log-likelihood of the gold answer's "
+        "continuation (lm-eval's loglikelihood requests, `python -m eval.run --per-item`), variant a minus "
+        "variant b, matched on doc_id within each seed and averaged over items, then over seeds. "
+        f"Tier `{index.get('tier', '?')}`, scale `{scale or '?'}`, evaluation seeds {list(seeds)}"
+        + (f", at most {limit} examples per task" if limit else "")
+        + ". Positive Δ: the first variant assigns more probability to the gold answer. "
+        "Accuracies ×100 on the compared items, mean over seeds. "
+        "Paper: Table 4's 27B accuracy difference (points) for the same pair and benchmark."
+    )
+
+
+ITEM_TABLE_NOTES: tuple[str, ...] = (
+    "gold_ll_ci95 is the 95% Student-t half-width over the per-seed mean Δ (n − 1 dof with n = seeds): each seed "
+    "is one separately trained pair of models (shared initial weights and batches), so seeds are the unit of "
+    "replication and this interval is the verdict. gold_ll_ci95_items is the half-width over items of Δ averaged "
+    "over seeds: conditional on these trained models, it says how precisely the items pin down their difference "
+    "but ignores training variance, so it is supplementary (with thousands of items, usually the narrower).",
+    "choice_logprob = gold_ll − logsumexp(ll over the choices): the log-probability of the gold choice under the "
+    "model's distribution renormalised over the choices; its Δ discounts a variant that only makes every "
+    "continuation more likely.",
+    "Tiny models score near chance (PIQA 50%, HellaSwag 25%), where accuracy differences are mostly item noise; "
+    "this is why the tier scores log-likelihoods. acc_a / acc_b are shown for completeness, and the paper's 27B "
+    "difference only for its sign.",
+    "acc_a / acc_b are recomputed from the item records (acc: argmax of ll; acc_norm: argmax of ll / characters, "
+    "Table 4's HellaSwag metric). The recorded length is the choice's without lm-eval's leading target delimiter, "
+    "as lm-eval's own acc_norm counts it.",
+    "Only items present in every compared run are used (inner join on doc_id), and only seeds where both variants "
+    "were evaluated with items: a diverged run (results file with mhc_skipped) leaves its seed out.",
+)
+
+
+def benchmark_table(index: dict[str, Any]) -> Table:
+    """One row per (task with items, comparison of evaluated variants): the paired Δ of gold log-likelihood."""
+    _, variants, _ = eval_runs(index)
+    pairs = [(a, b) for a, b in COMPARISONS if a in variants and b in variants]
+    files = {v: evaluated_files(index, v) for v in {v for pair in pairs for v in pair}}
+    tasks = tasks_in(index, (data for per_seed in files.values() for data in per_seed.values()))
+    rows = [_table_row(pair_files(files[a], files[b], a, b, task)) for task in tasks for a, b in pairs]
+    notes = list(ITEM_TABLE_NOTES)
+    if not rows:
+        notes.append(
+            "No per-item records were found: the evaluation ran without --per-item (evaluation.per_item), no "
+            "multiple-choice task was evaluated, or fewer than two of baseline/hc/mhc were evaluated."
+        )
+    frame = pd.DataFrame(rows, columns=list(ITEM_TABLE_COLUMNS))
+    return Table("benchmarks_items", "Multiple-choice benchmarks item by item", _items_header(index), frame, notes)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def build_tables(index: dict[str, Any], measurements: dict[str, Any] | None) -> list[Table]:
-    """Every table, in the paper's order, then the per-item benchmark comparison."""
-    from .benchmarks import benchmark_table  # (it reads runs through this module)
+BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Table]] = {
+    "table1_ablation": lambda index, _: table1_ablation(index),
+    "benchmarks_items": lambda index, _: benchmark_table(index),
+    "table2_memory_access": table2_memory_access,
+    "table3_recompute": table3_recompute,
+    "table4_benchmarks": lambda index, _: table4_benchmarks(index),
+    "table5_configs": lambda index, _: table5_configs(index),
+    "overhead": overhead,
+}
+"""Table name (analysis/artifacts.py) -> its builder, called with the index and the measurements."""
 
-    return [
-        table1_ablation(index),
-        table2_memory_access(index, measurements),
-        table3_recompute(index, measurements),
-        table4_benchmarks(index),
-        table5_configs(index),
-        overhead(index, measurements),
-        benchmark_table(index),
-    ]
+
+def build_tables(index: dict[str, Any], measurements: dict[str, Any] | None) -> list[Table]:
+    """Every table of analysis/artifacts.py, in its order."""
+    return [BUILDERS[name](index, measurements) for name in TABLE_NAMES]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", required=True, help="results/analysis/runs.json")
     parser.add_argument("--measurements", default=None, help="results/analysis/measurements.json (optional)")
     parser.add_argument("--out", required=True, help="output folder")
-    args = parser.parse_args(argv)
-    try:
-        index = load_index(args.index)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    args, index = parse_args_and_index(parser, argv)
+    if index is None:
         return 2
     measurements = load_json(args.measurements)
     if args.measurements and measurements is None:

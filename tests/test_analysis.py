@@ -1,4 +1,4 @@
-"""The analysis layer (analysis/tables.py, figures.py, report.py) on synthetic run directories.
+"""The analysis layer (analysis/results.py, stats.py, tables.py, figures.py, report.py) on synthetic run directories.
 
 Every run is built in tmp_path in the formats models.train and the analysis commands write, with known final
 losses, so the tables, the CI and the verdicts can be checked against hand-computed values.
@@ -14,9 +14,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from analysis import paper, report, stability, tables
+from analysis import artifacts, paper, report, results, stability, stats, tables
 from analysis.figures import FIGURES, build_figures
-from analysis.tables import Benchmark, benchmark_score, mean_ci, t_quantile
+from analysis.results import Benchmark, benchmark_score
+from analysis.stats import mean_ci, t_quantile
 
 # --------------------------------------------------------------------------------------------------------------------
 # Synthetic runs
@@ -368,11 +369,11 @@ def test_mean_ci_matches_student_t() -> None:
     assert mean_ci([1.0, float("nan"), 3.0]).n == 2  # non-finite values are left out, not propagated
 
 
-def test_t_table_agrees_with_scipy() -> None:
-    assert t_quantile(2) == pytest.approx(4.303, abs=1e-3)
-    assert t_quantile(1) == pytest.approx(12.706, abs=1e-3)
-    for dof, value in tables.T95.items():
-        assert t_quantile(dof) == pytest.approx(value, abs=1.5e-3)
+def test_t_quantile_matches_printed_t_tables() -> None:
+    # two-sided 95% quantiles t_{0.975, dof} as printed in statistics textbooks
+    for dof, value in {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 30: 2.042}.items():
+        assert t_quantile(dof) == pytest.approx(value, abs=1e-3)
+    assert t_quantile(4, 0.99) == pytest.approx(4.604, abs=1e-3)
     with pytest.raises(ValueError):
         t_quantile(0)
 
@@ -437,8 +438,8 @@ def test_verdict_ablation() -> None:
 
 
 def test_verdict_benchmarks_per_task_cis() -> None:
-    assert report.sign_test_p(8, 8) == pytest.approx(1 / 256)
-    assert report.sign_test_p(6, 8) == pytest.approx(37 / 256)
+    assert stats.sign_test_p(8, 8) == pytest.approx(1 / 256)
+    assert stats.sign_test_p(6, 8) == pytest.approx(37 / 256)
     up, down, flat = mean_ci([0.02, 0.021, 0.022]), mean_ci([-0.02, -0.021, -0.022]), mean_ci([-0.1, 0.1, 0.0])
     assert report.verdict_benchmarks({"piqa": up, "hellaswag": flat})[0] == R
     assert report.verdict_benchmarks({"piqa": down, "hellaswag": flat})[0] == C
@@ -482,7 +483,7 @@ def test_run_stability_flags_divergence_and_surges(tmp_path: Path) -> None:
 def test_diverged_run_is_in_the_runs_table(index: dict[str, Any]) -> None:
     diverged = json.loads(json.dumps(index))
     diverged["runs"]["s2/hc/seed1"].update(status="diverged", reason="non-finite loss at step 40", final_val_loss=None)
-    assert tables.paired_gaps(diverged, "s2", "hc", "baseline", [0, 1, 2]) == pytest.approx({0: -0.02, 2: -0.02})
+    assert results.paired_gaps(diverged, "s2", "hc", "baseline", [0, 1, 2]) == pytest.approx({0: -0.02, 2: -0.02})
     assert any(
         line.startswith("| s2/hc/seed1 | main | diverged | non-finite loss at step 40 |")
         for line in report.runs_section(diverged)
@@ -495,7 +496,7 @@ def test_diverged_run_is_in_the_runs_table(index: dict[str, Any]) -> None:
 
 def test_benchmark_score_picks_documented_keys() -> None:
     data = eval_json("mhc")
-    by_name = {b.name: b for b in tables.BENCHMARKS}
+    by_name = {b.name: b for b in results.BENCHMARKS}
     assert benchmark_score(data, by_name["BBH"]) == (0.14, "bbh_cot_fewshot/exact_match,get-answer")
     assert benchmark_score(data, by_name["GSM8K"])[0] == 0.03  # strict-match, not flexible-extract
     assert benchmark_score(data, by_name["HellaSwag"])[0] == 0.28  # acc_norm
@@ -530,14 +531,8 @@ def test_tables_written_with_headers(index: dict[str, Any], tmp_path: Path) -> N
     for table in built:
         tables.write_table(table, tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
-    for stem in (
-        "table1_ablation",
-        "table2_memory_access",
-        "table3_recompute",
-        "table4_benchmarks",
-        "table5_configs",
-        "overhead",
-    ):
+    assert [t.name for t in built] == list(artifacts.TABLE_NAMES)
+    for stem in artifacts.PAPER_TABLES:
         assert {f"{stem}.csv", f"{stem}.md"} <= names
         text = (tmp_path / f"{stem}.md").read_text()
         assert "Tier `cpu`" in text and "paper" in text.lower()
@@ -591,6 +586,18 @@ def test_tables_cli_without_measurements(index: dict[str, Any], tmp_path: Path) 
 # Figures and report
 
 
+def test_every_registered_artifact_has_a_builder_and_a_caption() -> None:
+    from analysis import figures
+
+    assert tuple(tables.BUILDERS) == artifacts.TABLE_NAMES
+    assert tuple(figures.BUILDERS) == artifacts.FIGURE_NAMES == tuple(FIGURES)
+    assert all(f.caption for f in artifacts.FIGURES)
+    # Snakemake's report captions: one workflow/report/NAME.rst per figure, and none for a figure that is not drawn
+    captions = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    figure_captions = {p.stem for p in captions.glob("fig*.rst")}
+    assert figure_captions == set(artifacts.FIGURE_NAMES)
+
+
 def _assert_written(out: Path) -> None:
     for name in FIGURES:
         for ext in ("png", "pdf"):
@@ -631,7 +638,7 @@ def test_mhc_claims_are_inconclusive_when_its_mechanism_did_not_operate(index: d
     frozen = json.loads(json.dumps(index))
     for run in frozen["runs"].values():
         if run["arch"] == "mhc" and run.get("diagnostics"):
-            records = tables.read_jsonl(run["diagnostics"])
+            records = results.read_jsonl(run["diagnostics"])
             for record in records:
                 record["stream_spread"] = [0.0] * len(record["stream_spread"])  # streams stay copies
             path = Path(run["diagnostics"]).with_name("frozen.jsonl")
@@ -641,6 +648,15 @@ def test_mhc_claims_are_inconclusive_when_its_mechanism_did_not_operate(index: d
     assert claims["1"].verdict == I and "not shown to operate" in claims["1"].why
     assert claims["3"].verdict == BC
     assert claims["7"].verdict == I
+
+
+def test_each_claim_is_built_alone_by_its_registered_function(index: dict[str, Any]) -> None:
+    inputs = report.ClaimInputs(index, MEASUREMENTS)
+    alone = [claim(inputs) for claim in report.CLAIMS]
+    assert alone == report.claims(index, MEASUREMENTS)
+    numbers = [c.claim.split(".")[0] for c in alone]
+    assert numbers == ["1", "2", "3", "4", "5", "6a", "6b", "7", "8", "9"]
+    assert report.claim_overhead(report.ClaimInputs(index, None)).ours == "not measured"
 
 
 def test_figures_without_hc_say_not_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

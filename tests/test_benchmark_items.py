@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from analysis import benchmarks
-from analysis.benchmarks import benchmark_table, evaluated_files, item_scores, paired_items, tasks_with_items
+from analysis import benchmarks, tables
+from analysis.benchmarks import evaluated_files, item_scores, paired_items, tasks_with_items
+from analysis.tables import benchmark_table
 
 SCALE = "cpu-dense-d8"
 SEEDS = (0, 1, 2)
@@ -239,7 +240,7 @@ def test_benchmark_table_rows_and_columns(index):
     table = benchmark_table(index)
     assert table.name == "benchmarks_items"
     frame = table.frame
-    assert list(frame.columns) == list(benchmarks.TABLE_COLUMNS)
+    assert list(frame.columns) == list(tables.ITEM_TABLE_COLUMNS)
     assert list(zip(frame["task"], frame["comparison"], strict=True)) == [
         (task, comparison)
         for task in ("piqa", "hellaswag")
@@ -283,6 +284,6 @@ def test_benchmark_table_without_items_is_empty_with_a_note(tmp_path):
         if run.get("eval"):
             write(Path(run["eval"]), {"results": {"piqa": {"acc,none": 0.5}}})
     table = benchmark_table(index)
-    assert table.frame.empty and list(table.frame.columns) == list(benchmarks.TABLE_COLUMNS)
+    assert table.frame.empty and list(table.frame.columns) == list(tables.ITEM_TABLE_COLUMNS)
     assert any("--per-item" in note for note in table.notes)
     assert tasks_with_items(index) == []

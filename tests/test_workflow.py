@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from analysis.artifacts import PAPER_FIGURES, PAPER_TABLES
 from analysis.plan import build_plan, train_overrides
 
 from .conftest import needs_corpus
@@ -147,10 +148,8 @@ def test_lint_reports_nothing(tmp_path):
 
 
 # ---- end to end (slow) --------------------------------------------------------------------------------------------
-FIGURES = ["fig2_hc_instability", "fig3_hc_amax", "fig5_mhc_stability", "fig6_scaling", "fig7_mhc_amax",
-           "fig8_mappings"]  # fmt: skip
-TABLES = ["table1_ablation", "table2_memory_access", "table3_recompute", "table4_benchmarks", "table5_configs",
-          "overhead"]  # fmt: skip
+FIGURES = PAPER_FIGURES  # analysis/artifacts.py
+TABLES = PAPER_TABLES
 
 
 @pytest.mark.slow

@@ -1,13 +1,10 @@
 # The paper's artifacts rebuilt from the files under results/<tier>/ (never from the MLflow database).
 
-TABLES = ["table1_ablation", "table2_memory_access", "table3_recompute", "table4_benchmarks", "table5_configs",
-          "overhead", "benchmarks_items"]  # fmt: skip
-FIGURES = ["fig2_hc_instability", "fig3_hc_amax", "fig5_mhc_stability", "fig6_scaling", "fig7_mhc_amax",
-           "fig8_mappings", "fig_mechanism", "fig_lr_sweep"]  # fmt: skip
+from analysis.artifacts import FIGURE_NAMES, TABLE_NAMES  # the one list of table and figure names
 
 
 rule tables:
-    """Tables 1-5 and the overhead table, each with the paper's values beside ours (CSV + Markdown)."""
+    """The tables of analysis/artifacts.py: Tables 1-5, overhead, per-item benchmarks (CSV + Markdown)."""
     input:
         index=rules.index.output,
         measurements=rules.measure.output,
@@ -19,9 +16,9 @@ rule tables:
                 category="Tables",
                 labels={"table": name},
             )
-            for name in TABLES
+            for name in TABLE_NAMES
         ],
-        [f"{RESULTS}/tables/{name}.csv" for name in TABLES],
+        [f"{RESULTS}/tables/{name}.csv" for name in TABLE_NAMES],
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
     log:
@@ -36,7 +33,7 @@ rule tables:
 
 
 rule figures:
-    """Fig. 2, 3, 5, 6, 7 and 8 as PNG and PDF."""
+    """The figures of analysis/artifacts.py: Fig. 2, 3, 5-8 and our two checks, as PNG and PDF."""
     input:
         index=rules.index.output,
     output:
@@ -47,9 +44,9 @@ rule figures:
                 category="Figures",
                 labels={"figure": name},
             )
-            for name in FIGURES
+            for name in FIGURE_NAMES
         ],
-        [f"{RESULTS}/figures/{name}.pdf" for name in FIGURES],
+        [f"{RESULTS}/figures/{name}.pdf" for name in FIGURE_NAMES],
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
     log:
