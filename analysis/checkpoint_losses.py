@@ -13,24 +13,15 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.files import atomic_write_text
 from common.gpu_slots import GpuSlotError, resolve_device
 from training.checkpoint import CheckpointError
+from training.validation import validation_loss
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
-    total, count = 0.0, 0
-    for batch in batches:
-        logits = model(batch[:, :-1])
-        total += F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
-        count += batch[:, 1:].numel()
-    return total / count
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.checkpoint_losses", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="training run directory")
@@ -48,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from corpus import load_shard, val_batches
-    from eval.lm import load_for_eval
+    from training.checkpoint import load_for_eval
 
     run = Path(args.run)
     steps = sorted(p for p in (run / "checkpoints").glob("step_*") if p.is_dir())

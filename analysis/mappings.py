@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from corpus import load_shard, val_batches
-    from eval.lm import load_for_eval
+    from training.checkpoint import load_for_eval
 
     status_file = Path(args.run) / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}

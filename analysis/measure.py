@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (a free GPU of this machine, else the CPU), cpu, cuda")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    keep_freed_memory()  # the allocator setting training runs with (models/allocator.py)
+    keep_freed_memory()  # the allocator setting training runs with (common/allocator.py)
     try:
         device = torch.device(resolve_device(args.device))
         overrides = json.loads(args.model_overrides)

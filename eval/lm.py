@@ -20,9 +20,7 @@ Requests (lm-eval's three types):
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,49 +29,12 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from common.devices import auto_device
-from common.files import sha256_file
-from corpus import eot_id, load_tokenizer
-from models.config import ModelConfig, from_dict
+from corpus import eot_id
 from models.transformer import Transformer
-from training.checkpoint import CheckpointError, read_checkpoint
-
-
-def load_for_eval(checkpoint: str | Path, device: str = "cpu", tokenizer: str | None = None):
-    """(model in eval mode, tokenizer, sidecar) from a run, model or checkpoint directory."""
-    path = Path(checkpoint)
-    if (path / "model" / "model.json").is_file():
-        path = path / "model"
-    if (path / "model.json").is_file():
-        sidecar = json.loads((path / "model.json").read_text())
-        weights = path / "model.safetensors"
-        actual = sha256_file(weights) if weights.is_file() else "missing"
-        if actual != sidecar.get("sha256"):
-            raise CheckpointError(
-                f"{weights} is missing or corrupted: sha256 {actual}, expected {sidecar.get('sha256')}"
-            )
-        state = load_file(weights)
-    elif (path / "state.json").is_file():
-        sidecar, tensors = read_checkpoint(path)
-        state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    else:
-        raise CheckpointError(f"{path} holds no model (model/model.json, model.json or state.json)")
-    cfg = from_dict(ModelConfig, sidecar["model_config"])
-    model = Transformer(cfg)
-    model.load_state_dict(state, strict=True)
-    model.to(device).eval()
-    tok_path = Path(tokenizer) if tokenizer else Path(sidecar["data"]["shards"]) / "tokenizer.json"
-    tok = load_tokenizer(tok_path)
-    expected = sidecar["data"].get("tokenizer_sha256")
-    if tokenizer is None and expected:
-        from corpus import tokenizer_sha256
-
-        if tokenizer_sha256(tok) != expected:
-            raise CheckpointError(f"tokenizer {tok_path} is not the one the model was trained with")
-    return model, tok, sidecar
+from training.checkpoint import load_for_eval
 
 
 @register_model("mhc")

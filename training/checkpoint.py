@@ -25,6 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common.files import atomic_write_text, sha256_file
+from corpus import load_tokenizer, tokenizer_sha256
+from models.config import ModelConfig, from_dict
+from models.transformer import Transformer
 
 
 class CheckpointError(RuntimeError):
@@ -128,3 +131,35 @@ def save_model(path: Path, model_state: dict[str, torch.Tensor], sidecar: dict[s
     meta = dict(sidecar, sha256=sha256_file(tmp))
     os.replace(tmp, path / "model.safetensors")
     atomic_write_text(path / "model.json", json.dumps(meta, indent=1, sort_keys=True))
+
+
+def load_for_eval(checkpoint: str | Path, device: str = "cpu", tokenizer: str | None = None):
+    """(model in eval mode, tokenizer, sidecar) from a run, model or checkpoint directory."""
+    path = Path(checkpoint)
+    if (path / "model" / "model.json").is_file():
+        path = path / "model"
+    if (path / "model.json").is_file():
+        sidecar = json.loads((path / "model.json").read_text())
+        weights = path / "model.safetensors"
+        actual = sha256_file(weights) if weights.is_file() else "missing"
+        if actual != sidecar.get("sha256"):
+            raise CheckpointError(
+                f"{weights} is missing or corrupted: sha256 {actual}, expected {sidecar.get('sha256')}"
+            )
+        state = load_file(weights)
+    elif (path / "state.json").is_file():
+        sidecar, tensors = read_checkpoint(path)
+        state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    else:
+        raise CheckpointError(f"{path} holds no model (model/model.json, model.json or state.json)")
+    cfg = from_dict(ModelConfig, sidecar["model_config"])
+    model = Transformer(cfg)
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    tok_path = Path(tokenizer) if tokenizer else Path(sidecar["data"]["shards"]) / "tokenizer.json"
+    tok = load_tokenizer(tok_path)
+    expected = sidecar["data"].get("tokenizer_sha256")
+    if tokenizer is None and expected:
+        if tokenizer_sha256(tok) != expected:
+            raise CheckpointError(f"tokenizer {tok_path} is not the one the model was trained with")
+    return model, tok, sidecar

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from common.devices import auto_device
 from common.gpu_slots import resolve_device
 from models.transformer import Transformer
 
@@ -37,8 +38,7 @@ def init_distributed(device_pref: str) -> tuple[Dist, torch.device]:
     if world == 1:
         return Dist(), torch.device(resolve_device(device_pref))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_pref == "auto":
-        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
+    device_pref = auto_device(device_pref)
     if device_pref.startswith("cuda"):
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
