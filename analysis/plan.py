@@ -172,37 +172,23 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_overrides(config: dict[str, Any], runs: dict[str, dict[str, Any]], variants: dict[str, Any]) -> None:
-    """Build every run's model and train config now, so that a misspelled or ill-typed override inside `scales` or
-    `variants` stops the workflow at parse time (naming the key) instead of failing a job hours later."""
+    """Build every run's config now, from exactly the overrides its training job will be given, through the training
+    command's own parser and checks (training/config.py), so that a misspelled key or a bad value inside `scales`,
+    `variants` or `run` stops the workflow at parse time (naming the key) instead of failing a job hours later."""
     from models.config import ConfigError, ModelConfig, TrainConfig, from_dict, validate_model_config
+    from training.config import load_run_config
 
-    for scale in sorted({run["scale"] for run in runs.values()} | set(config["measurements"]["scales"])):
-        try:
-            model = effective_model(config, scale)
+    for scale in sorted(set(config["measurements"]["scales"]) - {run["scale"] for run in runs.values()}):
+        try:  # measured, not trained: the model and schedule only
+            validate_model_config(from_dict(ModelConfig, effective_model(config, scale), _path="model"))
             from_dict(TrainConfig, effective_train(config, scale), _path=f"scales.{scale}.train")
         except ConfigError as err:
             raise ValueError(f"config scales.{scale}: {err}") from None
-        for name in sorted({run["variant"] for run in runs.values() if run["scale"] == scale}):
-            variant = variants[name]
-            conn = {**model.get("connection", {}), **variant.get("connection", {}), "arch": variant["arch"]}
-            try:
-                validate_model_config(from_dict(ModelConfig, {**model, "connection": conn}, _path="model"))
-                train = {**effective_train(config, scale), **variant.get("train", {})}
-                from_dict(TrainConfig, train, _path=f"variants.{name}.train")
-            except ConfigError as err:
-                raise ValueError(f"config variants.{name} at scale {scale}: {err}") from None
-
-
-def flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
-    """{"a": {"b": 1}} -> [("a.b", 1)]: nested overrides as the dotted keys `models.train --set` takes."""
-    if isinstance(value, dict):
-        if not value:
-            return []
-        out: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            out += flatten(f"{prefix}.{key}" if prefix else key, item)
-        return out
-    return [(prefix, value)]
+    for key, run in sorted(runs.items()):
+        try:
+            load_run_config(None, train_overrides(config, run, "results/data/planned"))
+        except (ConfigError, ValueError) as err:
+            raise ValueError(f"config of run {key} (variant {run['variant']}, scale {run['scale']}): {err}") from None
 
 
 def effective_train(config: dict[str, Any], scale: str) -> dict[str, Any]:
@@ -224,8 +210,10 @@ def effective_model(config: dict[str, Any], scale: str) -> dict[str, Any]:
 def train_overrides(config: dict[str, Any], run: dict[str, Any], shards_dir: str) -> list[str]:
     """The `--set key=value` list that defines one training run (its identity: changing it retrains the run).
 
-    Values are JSON-encoded, which the trainer's YAML parser reads back as the same types (3e-3 in YAML would be
-    a string; 0.003 is a float)."""
+    Values are JSON-encoded, which the trainer's parser (models/config.py `parse_value`) reads back as the same
+    types."""
+    from models.config import flatten
+
     scale = config["scales"][run["scale"]]
     variant = all_variants(config)[run["variant"]]
     steps_kept = int(scale.get("checkpoints", 2))
