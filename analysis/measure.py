@@ -23,9 +23,7 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from common.allocator import keep_freed_memory
 from common.files import atomic_write_text
 from common.gpu_slots import GpuSlotError, resolve_device
+from common.timing import round_robin
 from models.config import ConfigError, ModelConfig, from_dict, merge_overrides, to_dict, validate_model_config
 from models.diagnostics import saved_activation_bytes
 from models.kernels import get_ops
@@ -67,25 +66,20 @@ def scale_config(scale: str, arch: str, overrides: dict[str, Any], **connection:
 
 # ---- overhead ---------------------------------------------------------------------------------------------------
 def step_times(configs: dict[str, ModelConfig], batch: int, seq: int, steps: int, device: torch.device) -> dict:
-    """Median forward+backward time (ms) per arch, archs interleaved."""
-    models, times = {}, {arch: [] for arch in configs}
+    """Median forward+backward time (ms) per arch, archs interleaved (common/timing.py), after 2 warm-up rounds."""
+    models = {}
     for arch, cfg in configs.items():
         torch.manual_seed(0)
         models[arch] = Transformer(cfg).to(device)
     tokens = torch.randint(0, next(iter(configs.values())).vocab_size, (batch, seq + 1), device=device)
-    for i in range(steps + 2):  # 2 warm-up rounds
-        for arch, model in models.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            logits = model(tokens[:, :-1])
-            F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten()).backward()
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 2:
-                times[arch].append((time.perf_counter() - start) * 1e3)
-    return {arch: statistics.median(t) for arch, t in times.items()}
+
+    def step(model: Transformer) -> None:
+        logits = model(tokens[:, :-1])
+        F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten()).backward()
+        model.zero_grad(set_to_none=True)
+
+    calls = {arch: (lambda m=model: step(m)) for arch, model in models.items()}
+    return {arch: t * 1e3 for arch, t in round_robin(calls, steps, warmup=2, device=device).items()}
 
 
 def memory_needed(configs: dict[str, ModelConfig]) -> int:
