@@ -196,6 +196,17 @@ class ConnectionConfig:
             raise ConfigError(f"connection.arch: {arch!r} is not one of {sorted(cls.variants)}") from None
 
 
+def model_config_from_record(data: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig from a recorded one (a checkpoint's or a model's sidecar). Records written before each variant
+    had its own config class hold every variant's fields; those of other variants never acted on the model, so
+    they are dropped here instead of being refused as unknown keys."""
+    connection = dict(data.get("connection") or {})
+    known = {f.name for f in dataclasses.fields(ConnectionConfig.for_arch(connection.get("arch", "baseline")))}
+    others = {f.name for c in ConnectionConfig.variants.values() for f in dataclasses.fields(c)}
+    connection = {k: v for k, v in connection.items() if k in known or k not in others}
+    return from_dict(ModelConfig, {**data, "connection": connection}, _path="model_config")
+
+
 def connection_config(arch: str = "baseline", **fields: Any) -> ConnectionConfig:
     """The config of variant `arch` with the given fields (a TypeError names a field the variant does not have)."""
     return ConnectionConfig.for_arch(arch)(arch=arch, **fields)
@@ -260,14 +271,6 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        if hint is ConnectionConfig:  # the variant's own class: another variant's fields are unknown keys
-            arch = value.get("arch", ConnectionConfig.arch)
-            if not isinstance(arch, str):
-                raise ConfigError(f"{path}.arch: expected a string, got {arch!r}")
-            try:
-                hint = ConnectionConfig.for_arch(arch)
-            except ConfigError as err:
-                raise ConfigError(f"{path}.arch: {arch!r} is not one of {sorted(ConnectionConfig.variants)}") from err
         return from_dict(hint, value, _path=path)
     if origin is Literal:
         if value not in get_args(hint):
@@ -303,7 +306,14 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], _path: str = "") -> T:
-    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys, wrong types and values out of bounds.
+    A `ConnectionConfig` is built as the config class of its `arch`, so another variant's fields are unknown keys."""
+    if cls is ConnectionConfig:
+        arch = data.get("arch", ConnectionConfig.arch)
+        where = f"{_path}.arch" if _path else "arch"
+        if not isinstance(arch, str) or arch not in ConnectionConfig.variants:
+            raise ConfigError(f"{where}: {arch!r} is not one of {sorted(ConnectionConfig.variants)}")
+        cls = ConnectionConfig.for_arch(arch)
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -126,3 +126,22 @@ def test_semantic_config_errors(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         validate_model_config(apply_overrides(model_config("tiny"), overrides))
+
+
+def test_each_variant_has_its_own_config_class():
+    from models.config import ConnectionConfig, archs, connection_config, from_dict, model_config_from_record
+
+    assert set(archs()) == {"baseline", "gain", "hc", "mhc"}
+    assert type(from_dict(ConnectionConfig, {"arch": "mhc", "sinkhorn_iters": 5})).__name__ == "MHCConfig"
+    assert type(from_dict(ConnectionConfig, {"arch": "hc", "hc_tanh": False})).__name__ == "HCConfig"
+    assert type(connection_config("gain")) is ConnectionConfig
+    # a field of another variant is refused even at its default value (a "differs from the default" check missed it)
+    with pytest.raises(ConfigError, match="hc_dynamic applies to arch 'hc' only"):
+        from_dict(ConnectionConfig, {"arch": "mhc", "hc_dynamic": True})
+    with pytest.raises(TypeError):
+        connection_config("baseline", sinkhorn_iters=20)
+    # records written when one class held every variant's fields still load; a genuinely unknown key does not
+    legacy = {"connection": {"arch": "mhc", "hc_dynamic": True, "hc_tanh": True, "sinkhorn_iters": 7}}
+    assert model_config_from_record(legacy).connection.sinkhorn_iters == 7
+    with pytest.raises(ConfigError, match="bogus"):
+        model_config_from_record({"connection": {"arch": "mhc", "bogus": 1}})

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from common.files import atomic_write_text, sha256_file
 from corpus import load_tokenizer, tokenizer_sha256
-from models.config import ModelConfig, from_dict
+from models.config import model_config_from_record
 from models.transformer import Transformer
 
 
@@ -152,7 +152,7 @@ def load_for_eval(checkpoint: str | Path, device: str = "cpu", tokenizer: str | 
         state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     else:
         raise CheckpointError(f"{path} holds no model (model/model.json, model.json or state.json)")
-    cfg = from_dict(ModelConfig, sidecar["model_config"])
+    cfg = model_config_from_record(sidecar["model_config"])
     model = Transformer(cfg)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
