@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_text
+
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}  # diverged: a result
 STATUS_TAG = "status"
@@ -183,7 +185,7 @@ class Tracker:
         """Write the buffer in one ``log_batch``; on failure keep it (up to MAX_BUFFERED values) for the next flush."""
         batch, self._buffer, self._last_flush = self._buffer, [], time.monotonic()
         if batch and not self._safe("logging metrics", lambda: self._client.log_batch(self.run_id, metrics=batch)):
-            self._buffer = batch[-MAX_BUFFERED:] + self._buffer
+            self._buffer = batch[-MAX_BUFFERED:]
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a small file or directory into the run's artifacts (checkpoints stay files, recorded by path)."""
@@ -249,12 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     for name, exp_id in ids.items():
         print(f"{name}\t{exp_id}")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out:  # atomic: a job never reads half a file
         record = {"enabled": not args.disabled, "tracking_uri": args.uri, "experiments": ids}
-        out.with_name(out.name + ".tmp").write_text(json.dumps(record, indent=2) + "\n")
-        out.with_name(out.name + ".tmp").replace(out)  # atomic: a job never reads half a file
+        atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
     return 0
 
 
