@@ -293,6 +293,8 @@ def test_training_with_an_unusable_tracking_store_completes(tmp_path: Path, shar
     assert "MLflow tracking disabled for this job" in proc.stderr
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
     assert len((out / "metrics.jsonl").read_text().splitlines()) >= 5  # steps 0..4: the truth is all there
+    id_file = out / "mlflow_run_id"  # no run id: a resumed job starts a new run, an evaluation logs none
+    assert not id_file.exists() or id_file.read_text().strip() == ""
 
 
 def test_disabled_tracking_writes_nothing_and_never_imports_mlflow(tmp_path: Path) -> None:
