@@ -212,7 +212,7 @@ def train_overrides(config: dict[str, Any], run: dict[str, Any], shards_dir: str
 
     Values are JSON-encoded, which the trainer's parser (models/config.py `parse_value`) reads back as the same
     types."""
-    from models.config import flatten
+    from common.dotted import flatten
 
     scale = config["scales"][run["scale"]]
     variant = all_variants(config)[run["variant"]]

@@ -108,21 +108,21 @@ def log_to_mlflow(checkpoint: Path, results: dict, out: Path) -> None:
     if run_dir is None:
         return
     id_file, config_file = run_dir / "mlflow_run_id", run_dir / "config.json"
-    if not id_file.is_file():
-        return
+    parent_run_id = id_file.read_text().strip() if id_file.is_file() else ""
     tracking = json.loads(config_file.read_text())["config"]["tracking"]
-    if not tracking.get("enabled"):
+    if not parent_run_id or not tracking.get("enabled"):  # untracked run, or its tracking failed at the start
         return
     from training.run_folder import display_name
-    from training.tracking import Tracker
+    from training.tracking import make_tracker
 
-    tracker = Tracker(
-        tracking["tracking_uri"],
-        tracking["experiment"],
+    tracker = make_tracker(  # like training: an MLflow failure warns, the results file stands
+        True,
+        tracking_uri=tracking["tracking_uri"],
+        experiment=tracking["experiment"],
         run_name=f"eval {display_name(run_dir)}",
         params={"tasks": ",".join(sorted(results.get("results", {})))},
         tags={"kind": "evaluation", "checkpoint": str(checkpoint.resolve())},
-        parent_run_id=id_file.read_text().strip(),
+        parent_run_id=parent_run_id,
     )
     scores = {
         f"{task}/{metric}": value

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin,
 
 import yaml
 
+from common.dotted import set_dotted
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the offending key."""
@@ -53,18 +55,6 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """`data` with `a.b.c = value` set in place, creating the mappings on the way."""
-    node = data
-    parts = dotted.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set '{dotted}': '{'.'.join(parts[: i + 1])}' is not a mapping")
-        node = child
-    node[parts[-1]] = value
-
-
 def apply_overrides_to_dict(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`data` with `dotted.key=value` overrides applied (a copy; unknown keys are left for `from_dict` to name)."""
     out = json.loads(json.dumps(data))
@@ -72,18 +62,11 @@ def apply_overrides_to_dict(data: dict[str, Any], overrides: list[str]) -> dict[
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not of the form key=value")
-        set_dotted(out, key.strip(), parse_value(raw))
+        try:
+            set_dotted(out, key.strip(), parse_value(raw))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     return out
-
-
-def flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
-    """{"a": {"b": 1}} -> [("a.b", 1)]: nested settings as the dotted keys of `key=value` overrides."""
-    if isinstance(value, dict):
-        out: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            out += flatten(f"{prefix}.{key}" if prefix else key, item)
-        return out
-    return [(prefix, value)]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""One fake training job for the tracking concurrency test (tests/test_tracking.py).
+"""One fake training job for the tracking concurrency tests (tests/test_tracking.py).
 
 Run as ``python tests/_tracking_worker.py URI EXPERIMENT RUN_NAME STEPS FLUSH_EVERY READY_FILE GO_FILE``. It imports
-MLflow (seconds), touches READY_FILE, then waits for GO_FILE so that all workers create their Tracker in the same
-instant instead of staggered by import time; then logs STEPS steps of three metrics, flushing every FLUSH_EVERY steps,
-and prints its run id.
+MLflow (seconds), touches READY_FILE, then waits for GO_FILE so that all workers start their run in the same instant
+instead of staggered by import time; then logs STEPS steps of three metrics, flushing every FLUSH_EVERY steps, and
+prints its run id (an empty line when the tracker fell back to tracking nothing, as a training job would).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: make `models` importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: make `training` importable
 
 import mlflow  # noqa: E402,F401  (imported before the barrier: the slow part should not skew the start)
 
-from training.tracking import Tracker  # noqa: E402
+from training.tracking import make_tracker  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
             return 2
         time.sleep(0.01)
     worker = int(run_name.rsplit("-", 1)[-1])
-    tracker = Tracker(uri, experiment, run_name, params={"worker": worker, "model": {"n_layer": 2}}, tags={"seed": 0})
+    params = {"worker": worker, "model": {"n_layer": 2}}
+    tracker = make_tracker(True, tracking_uri=uri, experiment=experiment, run_name=run_name, params=params, tags={})
     for step in range(int(steps)):
         tracker.log_metrics(
             {"train/loss": worker + step / 1000, "train/lr": step * 1e-4, "acc,none": worker * 1000 + step}, step

@@ -1,7 +1,8 @@
-"""MLflow tracking (training/tracking.py): names, round trips, statuses, resume, nesting, locks, concurrent jobs.
+"""MLflow tracking (training/tracking.py): names, round trips, statuses, nesting, resume, the experiment-kind tag,
+concurrent jobs, and that neither disabled nor failing tracking can stop a job.
 
 MLflow is slow to import (~5 s) and a fresh SQLite store takes seconds to migrate, so the in-process tests share one
-store per module (each test uses its own experiment) and only the concurrency test pays for a fresh one.
+store per module (each test uses its own experiment) and only the concurrency tests pay for fresh ones.
 """
 
 from __future__ import annotations
@@ -15,27 +16,20 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from tests.conftest import needs_corpus
 from training import tracking
-from training.tracking import (
-    NullTracker,
-    Tracker,
-    TrackingError,
-    init_store,
-    make_tracker,
-    sanitize_metric_name,
-)
+from training.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NullTracker, Tracker, init_store, make_tracker
+from training.tracking import sanitize_metric_name as sanitize
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "_tracking_worker.py"
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# fixtures
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +54,17 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
 
 
 def _runs(client, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], max_results=1000)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+
+
+def _broken_uri(tmp_path: Path) -> str:
+    """A SQLite URI that cannot work: its directory would have to live inside a regular file."""
+    (tmp_path / "not_a_dir").write_text("")
+    return f"sqlite:///{tmp_path / 'not_a_dir' / 'mlflow.db'}"
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# 1. names
+# names
 
 
 @pytest.mark.parametrize(
@@ -74,9 +73,7 @@ def _runs(client, experiment: str) -> list:
         ("train/loss", "train/loss"),  # valid names are unchanged
         ("a b.c-d_e/F9", "a b.c-d_e/F9"),
         ("acc,none", "acc__none"),
-        ("exact_match,strict-match", "exact_match__strict-match"),
         ("gsm8k_cot/exact_match,strict-match", "gsm8k_cot/exact_match__strict-match"),
-        ("acc_stderr,none", "acc_stderr__none"),
         ("loss:val", "loss_val"),
         ("ppl(x)=[1]", "ppl_x___1_"),
         ("naïve", "na_ve"),
@@ -89,22 +86,21 @@ def _runs(client, experiment: str) -> list:
     ],
 )
 def test_sanitize_examples(raw: str, expected: str) -> None:
-    assert sanitize_metric_name(raw) == expected
-    assert sanitize_metric_name(expected) == expected  # idempotent
+    assert sanitize(raw) == expected
+    assert sanitize(expected) == expected  # idempotent
 
 
-def test_sanitize_long_names_stay_distinct_and_bad_input_raises() -> None:
-    a, b = "x" * 300 + "a", "x" * 300 + "b"
-    sa, sb = sanitize_metric_name(a), sanitize_metric_name(b)
-    assert len(sa) == len(sb) == tracking.MAX_KEY_LENGTH
-    assert sa != sb
-    assert sanitize_metric_name(a) == sa  # deterministic
-    assert sanitize_metric_name("y" * 250) == "y" * 250  # at the limit: unchanged
+def test_sanitize_long_names_stay_distinct_within_mlflows_limit_and_bad_input_raises() -> None:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    sa, sb = sanitize("x" * 300 + "a"), sanitize("x" * 300 + "b")
+    assert len(sa) == len(sb) == MAX_ENTITY_KEY_LENGTH and sa != sb
+    assert sanitize("y" * MAX_ENTITY_KEY_LENGTH) == "y" * MAX_ENTITY_KEY_LENGTH  # at the limit: unchanged
     for bad in ["", "/", "///"]:
         with pytest.raises(ValueError, match="empty"):
-            sanitize_metric_name(bad)
+            sanitize(bad)
     with pytest.raises(TypeError):
-        sanitize_metric_name(3)  # type: ignore[arg-type]
+        sanitize(3)  # type: ignore[arg-type]
 
 
 def test_sanitize_output_passes_mlflow_validation() -> None:
@@ -116,85 +112,54 @@ def test_sanitize_output_passes_mlflow_validation() -> None:
     for _ in range(3000):
         raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
         try:
-            name = sanitize_metric_name(raw)
+            name = sanitize(raw)
         except ValueError:
             assert raw.replace("/", "") == ""  # only all-slash names have nothing left
             continue
         _validate_metric_name(name)
-        assert sanitize_metric_name(raw) == name
-        assert sanitize_metric_name(name) == name
-        assert "," not in name
-
-
-def test_limits_match_installed_mlflow() -> None:
-    from mlflow.utils import validation as v
-
-    assert tracking.MAX_KEY_LENGTH == v.MAX_ENTITY_KEY_LENGTH
-    assert tracking.MAX_PARAM_VALUE_LENGTH == v.MAX_PARAM_VAL_LENGTH
-    assert tracking.MAX_TAG_VALUE_LENGTH == v.MAX_TAG_VAL_LENGTH
-    assert tracking.MAX_METRICS_PER_BATCH == v.MAX_METRICS_PER_BATCH
-    assert tracking.MAX_PARAMS_TAGS_PER_BATCH == v.MAX_PARAMS_TAGS_PER_BATCH
+        assert sanitize(name) == name and "," not in name
 
 
 def test_flatten_params() -> None:
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     flat = tracking.flatten_params({"model": {"n_layer": 4, "mhc": {"n": 4}}, "lr": 1e-3, "empty": {}, "x,y": None})
     assert flat == {"model.n_layer": "4", "model.mhc.n": "4", "lr": "0.001", "empty": "{}", "x__y": "None"}
-    assert len(tracking.flatten_params({"k": "v" * 10_000})["k"]) == tracking.MAX_PARAM_VALUE_LENGTH
+    assert len(tracking.flatten_params({"k": "v" * 10_000})["k"]) == MAX_PARAM_VAL_LENGTH
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# 2. one run: params, tags, metrics, artifacts, statuses
+# one run: params, tags, metrics, artifacts, statuses
 
 
 def test_run_round_trip(store: str, client, tmp_path: Path) -> None:
     params = {"model": {"n_layer": 2, "d_model": 64}, "optim": {"lr": 3e-4}, "note": "n" * 7000}
-    tags = {"arch": "mhc", "scale": "tiny", "seed": 1, "git_sha": "abc123", "config_sha256": "f" * 64}
+    tags = {"arch": "mhc", "seed": 1, "config_sha256": "f" * 64}
     tracker = Tracker(store, "round_trip", "mhc-tiny-s1", params, tags)
     steps = 25
     for step in range(steps):
-        tracker.log_metrics(
-            {
-                "train/loss": 10.0 - step / 10,
-                "acc,none": torch.tensor(step / 100),  # 0-d tensor -> float; comma key sanitized
-                "bad/nan": float("nan"),  # skipped
-                "bad/inf": math.inf,  # skipped
-                "bad/str": "x",  # skipped
-                "bad/bool": True,  # skipped
-            },
-            step,
-        )
+        values = {"train/loss": 10.0 - step / 10, "acc,none": torch.tensor(step / 100), "big": 10**400}
+        values |= {"bad/nan": math.nan, "bad/inf": math.inf, "bad/str": "x", "bad/bool": True}  # all skipped
+        tracker.log_metrics(values, step)
         if step % 10 == 9:
             tracker.flush()
-    assert tracker.skipped == 4 * steps
+    assert tracker.skipped == 5 * steps
     (tmp_path / "config.yaml").write_text("model: {n_layer: 2}\n")
     tracker.log_artifact(tmp_path / "config.yaml")
-    with pytest.raises(FileNotFoundError):
-        tracker.log_artifact(tmp_path / "missing.txt")
     tracker.finish("completed")  # flushes steps 20..24
-    tracker.finish("completed")  # idempotent
+    tracker.finish("completed")  # a second call does nothing
 
     run = client.get_run(tracker.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.info.run_name == "mhc-tiny-s1"
-    assert run.data.params["model.n_layer"] == "2"
-    assert run.data.params["optim.lr"] == "0.0003"
-    assert len(run.data.params["note"]) == tracking.MAX_PARAM_VALUE_LENGTH
-    for key, value in tags.items():
-        assert run.data.tags[key] == str(value)
-    assert run.data.tags["status"] == "completed"
+    assert (run.info.status, run.info.run_name, run.data.tags["status"]) == ("FINISHED", "mhc-tiny-s1", "completed")
+    assert run.data.params["model.n_layer"] == "2" and run.data.params["optim.lr"] == "0.0003"
+    assert len(run.data.params["note"]) == 6000
+    assert all(run.data.tags[k] == str(v) for k, v in tags.items())
     assert set(run.data.metrics) == {"train/loss", "acc__none"}
-
-    loss = _history(client, tracker.run_id, "train/loss")
-    acc = _history(client, tracker.run_id, "acc__none")
-    assert sorted(loss) == list(range(steps)) and sorted(acc) == list(range(steps))
-    for step in range(steps):
-        assert loss[step] == pytest.approx(10.0 - step / 10)
-        assert acc[step] == pytest.approx(step / 100)
-
+    loss, acc = _history(client, tracker.run_id, "train/loss"), _history(client, tracker.run_id, "acc__none")
+    assert loss == pytest.approx({s: 10.0 - s / 10 for s in range(steps)})
+    assert acc == pytest.approx({s: s / 100 for s in range(steps)})
     assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["config.yaml"]
-    # artifacts live beside the DB, not in the cwd's ./mlruns
-    artifact_uri = run.info.artifact_uri
-    assert artifact_uri.startswith(tracking.default_artifact_location(store))
+    assert run.info.artifact_uri.startswith(tracking.default_artifact_location(store))  # beside the DB, not ./mlruns
 
 
 @pytest.mark.parametrize(("status", "mlflow_status"), [("diverged", "FINISHED"), ("failed", "FAILED")])
@@ -202,32 +167,25 @@ def test_finish_status_mapping(store: str, client, status: str, mlflow_status: s
     tracker = Tracker(store, "statuses", f"run-{status}", {}, {"arch": "hc"})
     tracker.log_metrics({"loss": 1.0}, 0)
     tracker.finish(status)
+    tracker.finish("completed")  # once finished, the status stays
     run = client.get_run(tracker.run_id)
-    assert run.info.status == mlflow_status
-    assert run.data.tags["status"] == status
+    assert (run.info.status, run.data.tags["status"]) == (mlflow_status, status)
     assert _history(client, tracker.run_id, "loss") == {0: 1.0}
-    with pytest.raises(RuntimeError, match="already finished"):
-        tracker.finish("completed")
-    with pytest.raises(RuntimeError, match="already finished"):
-        tracker.log_metrics({"loss": 2.0}, 1)
-
-
-def test_bad_status_and_context_manager(store: str, client) -> None:
-    tracker = Tracker(store, "statuses", "bad-status", {}, {})
     with pytest.raises(ValueError, match="unknown run status 'crashed'"):
-        tracker.finish("crashed")
+        Tracker(store, "statuses", "bad", {}, {}).finish("crashed")
+
+
+def test_metrics_reach_the_store_while_the_run_trains(store: str, client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI follows a run live: buffered values are written once FLUSH_EVERY_S has passed, without a flush."""
+    monkeypatch.setattr(tracking, "FLUSH_EVERY_S", 0.2)
+    tracker = Tracker(store, "live", "live", {}, {})
+    tracker.log_metrics({"loss": 1.0}, 0)
+    assert _history(client, tracker.run_id, "loss") == {}  # buffered
+    time.sleep(0.3)
+    tracker.log_metrics({"loss": 0.5}, 1)
+    assert _history(client, tracker.run_id, "loss") == {0: 1.0, 1: 0.5}
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
     tracker.finish("completed")
-
-    with pytest.raises(ZeroDivisionError), Tracker(store, "statuses", "ctx-error", {}, {}) as t:
-        t.log_metrics({"loss": 1.0}, 0)
-        1 / 0  # noqa: B018
-    run = client.get_run(t.run_id)
-    assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed")
-    assert _history(client, t.run_id, "loss") == {0: 1.0}  # flushed on the way out
-
-    with Tracker(store, "statuses", "ctx-ok", {}, {}) as t2:
-        t2.log_metrics({"loss": 2.0}, 0)
-    assert client.get_run(t2.run_id).info.status == "FINISHED"
 
 
 def test_two_trackers_in_one_process_do_not_interfere(store: str, client) -> None:
@@ -240,83 +198,18 @@ def test_two_trackers_in_one_process_do_not_interfere(store: str, client) -> Non
     a.finish("completed")
     assert _history(client, a.run_id, "loss") == {s: float(s) for s in range(5)}
     assert _history(client, b.run_id, "loss") == {s: float(100 + s) for s in range(5)}
-    assert client.get_run(a.run_id).info.status == "FINISHED"
-    assert client.get_run(b.run_id).info.status == "FAILED"
-    assert client.get_run(a.run_id).info.experiment_id != client.get_run(b.run_id).info.experiment_id
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# locks and retries
-
-
-def _locked_error():
-    import sqlalchemy.exc
-
-    return sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
-
-
-def test_flush_retries_while_locked(store: str, client, monkeypatch: pytest.MonkeyPatch) -> None:
-    tracker = Tracker(store, "locks", "retry", {}, {})
-    real = tracker._client.log_batch
-    calls = {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] <= 3:
-            raise _locked_error()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tracker._client, "log_batch", flaky)
-    for step in range(10):
-        tracker.log_metrics({"loss": float(step)}, step)
-    tracker.flush()
-    assert calls["n"] == 4
-    assert _history(client, tracker.run_id, "loss") == {s: float(s) for s in range(10)}
-
-
-def test_flush_gives_up_with_clear_error_and_keeps_buffer(store: str, client, monkeypatch: pytest.MonkeyPatch) -> None:
-    tracker = Tracker(store, "locks", "give-up", {}, {}, retry_timeout_s=0.5)
-    real = tracker._client.log_batch
-
-    def locked(*args, **kwargs):
-        raise _locked_error()
-
-    monkeypatch.setattr(tracker._client, "log_batch", locked)
-    tracker.log_metrics({"loss": 1.0}, 0)
-    t0 = time.monotonic()
-    with pytest.raises(TrackingError, match=r"logging metrics .* still failing .*database is locked"):
-        tracker.flush()
-    assert time.monotonic() - t0 < 5
-    monkeypatch.setattr(tracker._client, "log_batch", real)
-    tracker.flush()  # the buffered point was kept and now lands
-    assert _history(client, tracker.run_id, "loss") == {0: 1.0}
-
-
-def test_non_transient_errors_are_not_retried(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    tracker = Tracker(store, "locks", "permanent", {}, {})
-    calls = {"n": 0}
-
-    def broken(*args, **kwargs):
-        calls["n"] += 1
-        raise KeyError("bug")
-
-    monkeypatch.setattr(tracker._client, "log_batch", broken)
-    tracker.log_metrics({"loss": 1.0}, 0)
-    with pytest.raises(KeyError):
-        tracker.flush()
-    assert calls["n"] == 1
+    assert [client.get_run(r.run_id).info.status for r in (a, b)] == ["FINISHED", "FAILED"]
 
 
 def test_flush_waits_out_a_real_sqlite_lock(store: str, client) -> None:
-    """Another process-like writer holds an exclusive lock for a second; the flush lands after it."""
+    """Another writer holds an exclusive lock for a second; MLflow's SQLite busy timeout waits it out."""
     tracker = Tracker(store, "locks", "real-lock", {}, {})
     for step in range(20):
         tracker.log_metrics({"loss": float(step)}, step)
-    db = tracking._sqlite_path(store)
     locked = threading.Event()
 
     def hold_lock() -> None:
-        con = sqlite3.connect(db, timeout=30)
+        con = sqlite3.connect(store[len("sqlite:///") :], timeout=30)
         con.execute("BEGIN EXCLUSIVE")
         locked.set()
         time.sleep(1.0)
@@ -327,16 +220,106 @@ def test_flush_waits_out_a_real_sqlite_lock(store: str, client) -> None:
     holder.start()
     assert locked.wait(30)
     t0 = time.monotonic()
-    tracker.flush()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a lock MLflow waits out is no failure
+        tracker.flush()
     waited = time.monotonic() - t0
     holder.join()
     tracker.finish("completed")
-    assert waited >= 0.3  # it really was blocked (the holder kept the lock for 1 s)
+    assert waited >= 0.3  # it really was blocked
     assert _history(client, tracker.run_id, "loss") == {s: float(s) for s in range(20)}
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# 3. concurrent jobs
+# tracking never stops a job
+
+
+def test_a_store_failing_mid_run_warns_and_loses_nothing_once_back(
+    store: str, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = Tracker(store, "failing", "mid-run", {}, {})
+    real = {name: getattr(tracker._client, name) for name in ("log_batch", "set_tag", "set_terminated", "log_artifact")}
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    for name in real:
+        monkeypatch.setattr(tracker._client, name, broken)
+    for step in range(10):
+        tracker.log_metrics({"loss": float(step)}, step)
+    with pytest.warns(UserWarning, match=r"logging metrics failed .*database is locked.*going on"):
+        tracker.flush()
+    with pytest.warns(UserWarning, match="logging .*metrics.jsonl failed"):
+        tracker.log_artifact(Path("metrics.jsonl"))
+    for name, method in real.items():
+        monkeypatch.setattr(tracker._client, name, method)
+    tracker.log_metrics({"loss": 10.0}, 10)
+    tracker.finish("completed")  # the values kept from the failed flush land now
+    assert _history(client, tracker.run_id, "loss") == {s: float(s) for s in range(11)}
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_an_unusable_store_at_the_start_gives_a_warning_and_a_tracker_that_does_nothing(tmp_path: Path) -> None:
+    uri = _broken_uri(tmp_path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever MLflow raises
+        Tracker(uri, "e", "r")
+    with pytest.warns(UserWarning, match="MLflow tracking disabled for this job"):
+        tracker = make_tracker(True, tracking_uri=uri, experiment="e", run_name="r", params={"a": 1}, tags={})
+    assert isinstance(tracker, NullTracker) and tracker.run_id == ""
+    tracker.log_metrics({"loss": 1.0}, 0)
+    tracker.flush()
+    tracker.log_artifact(tmp_path / "missing")
+    tracker.finish("failed")
+
+
+@needs_corpus
+def test_training_with_an_unusable_tracking_store_completes(tmp_path: Path, shards: Path) -> None:
+    """End to end: the training CLI pointed at a store that cannot open warns and trains to the end."""
+    config = tmp_path / "c.yaml"
+    cfg = {
+        "scale": "tiny",
+        "arch": "mhc",
+        "train": {"steps": 4, "batch_size": 2, "seq_len": 16, "warmup_steps": 1},
+        "data": {"shards_dir": str(shards)},
+        "run": {"eval_interval": 4, "diag_interval": 0, "ckpt_interval": 2, "progress": False, "threads": 1},
+    }
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "models.train", "--config", str(config), "--out", str(out)]
+    proc = subprocess.run(
+        cmd + ["--tracking-uri", _broken_uri(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MLflow tracking disabled for this job" in proc.stderr
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) >= 5  # steps 0..4: the truth is all there
+    id_file = out / "mlflow_run_id"  # no run id: a resumed job starts a new run, an evaluation logs none
+    assert not id_file.exists() or id_file.read_text().strip() == ""
+
+
+def test_disabled_tracking_writes_nothing_and_never_imports_mlflow(tmp_path: Path) -> None:
+    code = f"""
+import sys
+from training.tracking import make_tracker
+t = make_tracker(False, tracking_uri="sqlite:///{tmp_path}/mlflow.db", experiment="e", run_name="r", params={{}})
+t.log_metrics({{"loss": 1.0, "acc,none": float("nan")}}, 0)
+t.flush(); t.log_artifact("{tmp_path}/x"); t.finish("diverged")
+assert t.run_id is None
+try:
+    t.finish("done")
+except ValueError:
+    pass
+else:
+    raise SystemExit("a bad status passed")
+assert "mlflow" not in sys.modules, "imported mlflow"
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# concurrent jobs
 
 
 def _spawn_workers(uri: str, experiment: str, n: int, steps: int, flush_every: int, tmp_path: Path):
@@ -345,7 +328,7 @@ def _spawn_workers(uri: str, experiment: str, n: int, steps: int, flush_every: i
     for i in range(n):
         cmd = [sys.executable, str(WORKER), uri, experiment, f"worker-{i}", str(steps), str(flush_every)]
         cmd += [str(tmp_path / f"ready-{i}"), str(tmp_path / "go")]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return procs
 
 
@@ -355,97 +338,74 @@ def _release_and_collect(procs, n: int, tmp_path: Path, timeout: float = 240) ->
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
         assert time.monotonic() < deadline, "workers never became ready"
         time.sleep(0.02)
-    (tmp_path / "go").touch()  # all four create their Tracker at the same moment
+    (tmp_path / "go").touch()  # all of them start their run at the same moment
     run_ids = []
     for p in procs:
         out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        assert p.returncode == 0, err.decode()[-3000:]
-        run_ids.append(out.decode().strip().splitlines()[-1])
+        assert p.returncode == 0, err.decode()[-3000:]  # a job never dies of tracking
+        run_ids.append(out.decode().splitlines()[-1].strip())
     return run_ids
 
 
-def _check_concurrent_runs(uri: str, experiment: str, run_ids: list[str], n: int, steps: int) -> None:
+def _check_runs(uri: str, experiment: str, run_ids: list[str], steps: int) -> None:
+    """Every run in ``run_ids`` holds every value of its worker's three curves, and nothing else is there."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiments = [e for e in client.search_experiments() if e.name == experiment]
-    assert len(experiments) == 1  # concurrent get-or-create converged on one experiment
+    assert len([e for e in client.search_experiments() if e.name == experiment]) == 1
     runs = _runs(client, experiment)
-    assert len(runs) == n
     assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
-    assert sorted(r.info.run_name for r in runs) == [f"worker-{i}" for i in range(n)]
-    assert [r.info.status for r in runs] == ["FINISHED"] * n
-    points = 0
     for run in runs:
         worker = int(run.data.params["worker"])
+        assert run.info.run_name == f"worker-{worker}" and run.info.status == "FINISHED"
         assert run.data.params["model.n_layer"] == "2"
         expected = {
-            "train/loss": lambda s, w=worker: w + s / 1000,
-            "train/lr": lambda s: s * 1e-4,
-            "acc__none": lambda s, w=worker: float(w * 1000 + s),
+            "train/loss": {s: worker + s / 1000 for s in range(steps)},
+            "train/lr": {s: s * 1e-4 for s in range(steps)},
+            "acc__none": {s: float(worker * 1000 + s) for s in range(steps)},
         }
-        for key, fn in expected.items():
-            hist = _history(client, run.info.run_id, key)
-            assert len(hist) == steps, (run.info.run_name, key, len(hist))
-            assert sorted(hist) == list(range(steps))
-            assert all(hist[s] == pytest.approx(fn(s)) for s in range(steps))
-            points += len(hist)
-    assert points == n * 3 * steps
+        for key, curve in expected.items():
+            assert _history(client, run.info.run_id, key) == pytest.approx(curve), (run.info.run_name, key)
 
 
-def test_four_concurrent_jobs_on_one_sqlite_db(tmp_path: Path) -> None:
-    """The issue's must-show: init once on a fresh DB, then 4 processes log 200 steps x 3 metrics at the same time.
-
-    The DB is initialised through the command line (``python -m training.tracking init``) while the workers import
-    MLflow; they are released together once both are done.
-    """
-    n, steps, flush_every = 4, 200, 10
-    db = tmp_path / "fresh" / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    experiment = "concurrency"
+def test_four_concurrent_jobs_on_one_sqlite_db_lose_nothing(tmp_path: Path) -> None:
+    """init once on a fresh DB (through the command line, while the workers import MLflow), then 4 processes log
+    205 steps x 3 metrics at the same time, flushing every 10 steps: 4 runs, 2460 values, all there."""
+    n, steps = 4, 205  # the last 5 steps reach the store through finish()
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     t0 = time.monotonic()
-    procs = _spawn_workers(uri, experiment, n, steps, flush_every, tmp_path)
+    procs = _spawn_workers(uri, "concurrency", n, steps, 10, tmp_path)
     out_json = tmp_path / "results" / "experiment.json"
-    init = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.tracking",
-            "init",
-            "--uri",
-            uri,
-            "--experiment",
-            experiment,
-            "--out",
-            out_json,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    init_cmd = [sys.executable, "-m", "training.tracking", "init", "--uri", uri, "--experiment", "concurrency"]
+    init = subprocess.run(init_cmd + ["--out", out_json], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert init.returncode == 0, init.stderr[-3000:]
     info = json.loads(out_json.read_text())
-    assert info["tracking_uri"] == uri and list(info["experiments"]) == [experiment]
-    assert init.stdout.strip().endswith(f"{experiment}\t{info['experiments'][experiment]}")
+    assert info == {
+        "enabled": True,
+        "tracking_uri": uri,
+        "experiments": {"concurrency": info["experiments"]["concurrency"]},
+    }
+    assert init.stdout.strip().endswith(f"concurrency\t{info['experiments']['concurrency']}")
     run_ids = _release_and_collect(procs, n, tmp_path)
-    _check_concurrent_runs(uri, experiment, run_ids, n, steps)
+    assert all(run_ids), "a worker fell back to tracking nothing"
+    _check_runs(uri, "concurrency", run_ids, steps)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()  # nothing in the cwd
     print(f"\nconcurrency test: {time.monotonic() - t0:.1f} s")
 
 
 @pytest.mark.slow
-def test_four_concurrent_jobs_without_init(tmp_path: Path) -> None:
-    """Without init: 4 processes hit a fresh DB at once, race on its migration and on creating the experiment, and
-    all still succeed through the retries (init_store is the recommended path; this is the safety net)."""
-    n, steps = 4, 50
+def test_four_concurrent_jobs_without_init_all_finish(tmp_path: Path) -> None:
+    """Without init, 4 processes race on a fresh DB's migration and most of them lose it (measured: 3 or 4 of 4);
+    each loser warns and trains on untracked, none dies, and the runs that did start are complete."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = _spawn_workers(uri, "racy", n, steps, 10, tmp_path)
-    run_ids = _release_and_collect(procs, n, tmp_path)
-    _check_concurrent_runs(uri, "racy", run_ids, n, steps)
+    run_ids = _release_and_collect(_spawn_workers(uri, "racy", 4, 50, 10, tmp_path), 4, tmp_path)
+    started = [r for r in run_ids if r]
+    if started:
+        _check_runs(uri, "racy", started, 50)
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# 4. parent / child, 5. resume
+# parent / child, resume
 
 
 def test_eval_run_is_child_of_training_run(store: str, client) -> None:
@@ -455,12 +415,11 @@ def test_eval_run_is_child_of_training_run(store: str, client) -> None:
     evaluation.log_metrics({"gsm8k/exact_match,strict-match": 0.25}, 0)
     evaluation.finish("completed")
     run = client.get_run(evaluation.run_id)
-    assert run.data.tags["mlflow.parentRunId"] == train.run_id
-    assert run.data.tags["stage"] == "eval"
+    assert run.data.tags["mlflow.parentRunId"] == train.run_id and run.data.tags["stage"] == "eval"
     assert "mlflow.parentRunId" not in client.get_run(train.run_id).data.tags
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{train.run_id}'")
+    assert [c.info.run_id for c in children] == [evaluation.run_id]
     assert _history(client, evaluation.run_id, "gsm8k/exact_match__strict-match") == {0: 0.25}
-    with pytest.raises(ValueError, match="parent_run_id 'nope' is not a run"):
-        Tracker(store, "nesting", "orphan", {}, {}, parent_run_id="nope")
 
 
 def test_resume_continues_the_same_run(store: str, client) -> None:
@@ -469,64 +428,62 @@ def test_resume_continues_the_same_run(store: str, client) -> None:
     for step in range(5):
         first.log_metrics({"loss": float(step)}, step)
     first.finish("failed")  # the job crashed; Snakemake retries it
-    assert client.get_run(first.run_id).info.status == "FAILED"
-
-    second = Tracker(store, "resume", "job", {**params, "resumed_from": 5}, {"arch": "mhc"}, resume_run_id=first.run_id)
+    second = Tracker(store, "resume", "job", {**params, "resumed_from": 5}, {}, resume_run_id=first.run_id)
     assert second.run_id == first.run_id
     assert client.get_run(second.run_id).info.status == "RUNNING"
+    assert client.get_run(second.run_id).data.tags["status"] == "running"
     for step in range(5, 10):
         second.log_metrics({"loss": float(step)}, step)
     second.finish("completed")
+    third = Tracker(store, "resume", "job", {"model": {"n_layer": 3}}, {}, resume_run_id=first.run_id)
+    third.finish("completed")  # a changed param keeps its first value (MLflow params are immutable)
 
-    runs = _runs(client, "resume")
-    assert len(runs) == 1
+    assert len(_runs(client, "resume")) == 1
     run = client.get_run(first.run_id)
     assert (run.info.status, run.data.tags["status"]) == ("FINISHED", "completed")
     assert run.data.params == {"model.n_layer": "2", "resumed_from": "5"}
     assert _history(client, first.run_id, "loss") == {s: float(s) for s in range(10)}
 
-    with pytest.warns(UserWarning, match=r"params \['model.n_layer'\] differ"):
-        third = Tracker(store, "resume", "job", {"model": {"n_layer": 3}}, {}, resume_run_id=first.run_id)
-    third.finish("completed")
-    assert client.get_run(first.run_id).data.params["model.n_layer"] == "2"
-    with pytest.raises(ValueError, match="resume_run_id 'missing' is not a run"):
-        Tracker(store, "resume", "job", {}, {}, resume_run_id="missing")
-    with pytest.raises(ValueError, match="belongs to experiment"):
-        Tracker(store, "another_experiment", "job", {}, {}, resume_run_id=first.run_id)
+    with pytest.warns(UserWarning, match="cannot resume run missing"):
+        fresh = Tracker(store, "resume", "job", params, {}, resume_run_id="missing")
+    assert fresh.run_id != first.run_id and client.get_run(fresh.run_id).data.params == {"model.n_layer": "2"}
+    fresh.finish("completed")
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# init_store, CLI, NullTracker
+# init, the experiment kind, the command line
 
 
-def test_init_store_is_idempotent(store: str, client) -> None:
+def test_init_store_is_idempotent_and_tags_the_experiment_kind(store: str, client) -> None:
     first = init_store(store, "idempotent")
     assert init_store(store, "idempotent") == first
-    assert [e.name for e in client.search_experiments() if e.experiment_id == first] == ["idempotent"]
+    exp = client.get_experiment(first)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    assert exp.artifact_location == tracking.default_artifact_location(store)
     client.delete_experiment(first)
     assert init_store(store, "idempotent") == first  # a deleted experiment is restored, not shadowed
     assert client.get_experiment(first).lifecycle_stage == "active"
-    assert client.get_experiment(first).artifact_location == tracking.default_artifact_location(store)
+
+    untagged = client.create_experiment("made_elsewhere")  # e.g. by an older version or by hand
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(untagged).tags
+    assert init_store(store, "made_elsewhere") == untagged
+    assert client.get_experiment(untagged).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_an_experiment_created_lazily_by_a_job_gets_the_kind_too(store: str, client) -> None:
+    tracker = Tracker(store, "lazy", "r", {}, {})
+    tracker.finish("completed")
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
 
 
 def test_cli_bad_uri_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert tracking.main(["init", "--uri", "nosuchscheme://x", "--experiment", "e", "--out", str(tmp_path / "o")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: could not initialise MLflow store 'nosuchscheme://x'")
+    assert capsys.readouterr().err.startswith("error: could not initialise MLflow store 'nosuchscheme://x'")
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
-def test_null_tracker_and_make_tracker(store: str, tmp_path: Path) -> None:
-    null = make_tracker(False, tracking_uri="unused://", experiment="x", run_name="r", params={}, tags={})
-    assert isinstance(null, NullTracker)
-    assert null.run_id is None
-    null.log_metrics({"loss": 1.0, "acc,none": float("nan")}, 0)
-    null.flush()
-    null.set_tags({"a": 1})
-    null.log_artifact(tmp_path / "whatever")
-    null.finish("diverged")
-    with pytest.raises(ValueError, match="unknown run status"):
-        null.finish("done")
-    real = make_tracker(True, tracking_uri=store, experiment="made", run_name="r", params={}, tags={})
-    assert isinstance(real, Tracker) and real.run_id
-    real.finish("completed")
+def test_cli_disabled_creates_no_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    assert tracking.main(["init", "--uri", uri, "--experiment", "e", "--disabled", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o").read_text()) == {"enabled": False, "tracking_uri": uri, "experiments": {}}
+    assert not (tmp_path / "db").exists()

@@ -66,7 +66,7 @@ def make_run_tracker(trainer):
         tags=tags,
         resume_run_id=trainer.folder.read_text("mlflow_run_id"),
     )
-    if trainer.ranks.main and cfg.tracking.enabled:
+    if trainer.ranks.main and cfg.tracking.enabled and tracker.run_id:  # "" when the store failed at the start
         trainer.folder.write_text("mlflow_run_id", tracker.run_id + "\n")
     return tracker
 

@@ -1,6 +1,6 @@
 rule mlflow_init:
-    """Create the MLflow store and experiment once, before any tracking job: concurrent jobs opening a fresh SQLite
-    store race on its schema migration. With tracking off it only writes a
+    """Create the MLflow store and experiment (tagged as a model-training experiment) once, before any tracking job:
+    concurrent jobs opening a fresh SQLite store race on its schema migration. With tracking off it only writes a
     file saying so, which the training jobs read (switching tracking on or off retrains nothing)."""
     output:
         f"{RESULTS}/mlflow_experiment.json",
