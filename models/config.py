@@ -278,6 +278,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _FLOAT.match(value.strip()):  # `3e-3` from a YAML 1.1 reader (e.g. Snakemake's)
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)

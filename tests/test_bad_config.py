@@ -110,6 +110,8 @@ def test_numbers_are_read_as_people_write_them(tmp_path):
     cfg = load_run_config(str(tmp_path / "c.yaml"), [])
     assert cfg.train.lr == 0.003 and cfg.train.eps == 1e-20
     assert load_run_config(None, ["run.device=cuda:1", "data.root=1e3dir"]).data.root == "1e3dir"
+    # a YAML 1.1 reader upstream (Snakemake's config) hands the number over as text: still a number
+    assert load_run_config(None, ['train.lr="3e-3"']).train.lr == 0.003
 
 
 # ---- the Snakefile ------------------------------------------------------------------------------------------------
@@ -160,3 +162,14 @@ def test_snakefile_refuses_bad_config_at_parse_time_naming_it(snakefile_results,
     assert message in output, output[-2000:]
     assert "Traceback" not in output, output[-2000:]
     assert not (work / "results").exists()  # nothing written
+
+
+def test_snakefile_takes_a_learning_rate_written_3e_3(tmp_path):
+    """Snakemake reads configs as YAML 1.1, where `lr: 3e-3` is the text '3e-3'; the plan and the jobs take it."""
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["scales"]["tiny"]["train"]["lr"] = "3e-3"  # what a YAML 1.1 reader makes of `lr: 3e-3`
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n"]
+    cmd += ["--configfile", str(tmp_path / "c.yaml")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
