@@ -48,8 +48,9 @@ def test_permutation_matrices_are_all_permutations_identity_first():
     for p in P:  # each a permutation matrix: 0/1 entries, one 1 per row and per column
         assert set(p.unique().tolist()) == {0.0, 1.0}
         assert (p.sum(0) == 1).all() and (p.sum(1) == 1).all()
-    # P_k[i, sigma_k(i)] = 1 for itertools' second permutation (0, 2, 1)
-    torch.testing.assert_close(P[1], torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, 1, 0]]))
+    # P_k[i, sigma_k(i)] = 1 (output stream i reads input stream sigma_k(i)), for itertools' fourth permutation,
+    # the cycle (1, 2, 0) (not symmetric, so the orientation shows)
+    torch.testing.assert_close(P[3], torch.tensor([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]))
 
 
 def test_n2_by_hand():
