@@ -315,3 +315,14 @@ def test_parameter_count_is_the_formula(n, learned):
     assert s["connection_params"] == s["expected_connection_params"] == 2 * cfg.n_layers * per
     if all(learned):  # n C (2n + n!) + (2n + n!) + 3 per sub-layer
         assert per == n * cfg.dim * (2 * n + math.factorial(n)) + 2 * n + math.factorial(n) + 3
+
+
+def test_coefficients_are_float32_for_bf16_activations():
+    conn = _lite(n=3, dim=16)
+    _randomise(conn)
+    x = torch.randn(2, 7, 3, 16, dtype=torch.bfloat16)
+    H_pre, H_post, H_res = conn.mappings(x)
+    assert H_pre.dtype == H_post.dtype == H_res.dtype == torch.float32
+    torch.testing.assert_close(H_res.sum(-1), torch.ones(2, 7, 3), atol=1e-6, rtol=0)
+    out = conn(x, lambda u: u * 2)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
