@@ -1,4 +1,4 @@
-"""mHC-lite (arXiv 2601.05732): mHC with H_res an exact convex combination of the n! permutation matrices.
+"""mHC-lite: mHC with H_res an exact convex combination of the n! permutation matrices.
 
 Per token, in float32 whatever the activation dtype (H_pre and H_post exactly as mHC, `mhc.py`):
     x_vec   = vec(x_l)                                  [..., nC]
