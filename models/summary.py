@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import torch
 
-from .config import ConfigError, ModelConfig, apply_overrides
+from .config import ConfigError, ModelConfig, apply_overrides, archs
 from .registry import SCALES, get_scale, model_config
 from .transformer import Transformer
 
@@ -32,9 +33,11 @@ def expected_connection_params(cfg: ModelConfig) -> int:
         per = 0
     elif conn.arch == "gain":
         per = 2  # a_l, b_l
-    elif conn.arch == "mhc":
+    elif conn.arch in ("mhc", "mhc-lite"):
         # phi [nC, width], b [width], one alpha per learned mapping (mHC Eq. 7); width = n^2 + 2n when all learned
-        learned = [(conn.learn_pre, n), (conn.learn_post, n), (conn.learn_res, n * n)]
+        # (mHC-lite: one H_res logit per permutation, n! instead of n^2)
+        res = n * n if conn.arch == "mhc" else math.factorial(n)
+        learned = [(conn.learn_pre, n), (conn.learn_post, n), (conn.learn_res, res)]
         width = sum(w for on, w in learned if on)
         per = n * C * width + width + sum(on for on, _ in learned)
     else:
@@ -85,7 +88,7 @@ def summarize(cfg: ModelConfig, paper: dict | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", required=True, help=f"one of: {', '.join(SCALES)}")
-    parser.add_argument("--arch", default="baseline", help="baseline | hc | mhc")
+    parser.add_argument("--arch", default="baseline", help=" | ".join(archs()))
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -46,7 +46,7 @@ def test_paper_table5_schedule_and_optimiser():
         assert t.tokens == pytest.approx(get_scale(name).paper["tokens"], rel=0.01)
 
 
-@pytest.mark.parametrize("arch", ["mhc", "hc"])
+@pytest.mark.parametrize("arch", ["mhc", "hc", "mhc-lite"])
 def test_connection_params_are_exactly_the_equations(arch):
     base = summarize(model_config("paper-3b", "baseline"))
     s = summarize(model_config("paper-3b", arch))
@@ -54,6 +54,8 @@ def test_connection_params_are_exactly_the_equations(arch):
     assert s["total_params"] - base["total_params"] == s["connection_params"]
     if arch == "mhc":  # 24 sub-layers x (4*1280*24 + 24 + 3)
         assert s["connection_params"] == 24 * (4 * 1280 * 24 + 24 + 3)
+    if arch == "mhc-lite":  # 24 sub-layers x (nC (2n + n!) + (2n + n!) + 3), n! = 24 permutations at n = 4
+        assert s["connection_params"] == 24 * (4 * 1280 * 32 + 32 + 3)
 
 
 def test_summary_cli_is_fast_and_prints_json():
@@ -110,11 +112,14 @@ def test_every_registered_scale_builds_on_meta():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["connection.arch=baseline", "connection.learn_res=false"], "learn_res applies to arch 'hc' or 'mhc' only"),
-        (["connection.arch=hc", "connection.phi_init=normal"], "phi_init applies to arch 'mhc' only"),
+        (
+            ["connection.arch=baseline", "connection.learn_res=false"],
+            "learn_res applies to arch 'hc' or 'mhc' or 'mhc-lite' only",
+        ),
+        (["connection.arch=hc", "connection.phi_init=normal"], "phi_init applies to arch 'mhc' or 'mhc-lite' only"),
         (["connection.arch=mhc", "connection.hc_tanh=false"], "hc_tanh applies to arch 'hc' only"),
         (["connection.arch=mhc", "connection.kernels=triton", "connection.learn_res=false"], "needs every mHC"),
-        (["connection.arch=hc", "connection.bias_init=identity"], "bias_init applies to arch 'mhc' only"),
+        (["connection.arch=hc", "connection.bias_init=identity"], "bias_init applies to arch 'mhc' or 'mhc-lite' only"),
         (["attention.n_heads=0"], "attention.n_heads must be >= 1"),
         (["ffn.n_dense_layers=9"], "exceeds n_layers"),
         (["connection.kernels=fast"], "'fast' is not one of"),
@@ -131,7 +136,7 @@ def test_semantic_config_errors(overrides, message):
 def test_each_variant_has_its_own_config_class():
     from models.config import ConnectionConfig, archs, connection_config, from_dict, model_config_from_record
 
-    assert set(archs()) == {"baseline", "gain", "hc", "mhc"}
+    assert set(archs()) == {"baseline", "gain", "hc", "mhc", "mhc-lite"}
     assert type(from_dict(ConnectionConfig, {"arch": "mhc", "sinkhorn_iters": 5})).__name__ == "MHCConfig"
     assert type(from_dict(ConnectionConfig, {"arch": "hc", "hc_tanh": False})).__name__ == "HCConfig"
     assert type(connection_config("gain")) is ConnectionConfig

@@ -8,6 +8,7 @@ from .base import Connection, StreamConfig, StreamConnection
 from .gain import ResidualGain
 from .hc import HCConfig, HyperConnection
 from .mhc import ManifoldHyperConnection, MHCConfig
+from .mhc_lite import ManifoldHyperConnectionLite, MHCLiteConfig
 from .residual import Residual
 
 # The one list of arch names: arch -> (connection class, its config class). A new variant registers itself here;
@@ -17,6 +18,7 @@ VARIANTS: dict[str, tuple[type[Connection], type[ConnectionConfig]]] = {
     "gain": (ResidualGain, ConnectionConfig),
     "hc": (HyperConnection, HCConfig),
     "mhc": (ManifoldHyperConnection, MHCConfig),
+    "mhc-lite": (ManifoldHyperConnectionLite, MHCLiteConfig),
 }
 CONNECTIONS: dict[str, type[Connection]] = {arch: cls for arch, (cls, _) in VARIANTS.items()}
 ConnectionConfig.variants.update({arch: config for arch, (_, config) in VARIANTS.items()})
@@ -40,8 +42,10 @@ __all__ = [
     "HCConfig",
     "HyperConnection",
     "MHCConfig",
+    "MHCLiteConfig",
     "StreamConfig",
     "ManifoldHyperConnection",
+    "ManifoldHyperConnectionLite",
     "Residual",
     "ResidualGain",
     "StreamConnection",

@@ -60,12 +60,19 @@ class MHCConfig(StreamConfig):
     sinkhorn_eps: float = at_least(0.0, 0)  # added to every Sinkhorn denominator
 
     def validate(self) -> None:
-        if self.phi_init == "unit" and self.alpha_init <= 0:
-            raise ConfigError(
-                f"connection.phi_init='unit' scales phi by 1/alpha_init, which must be > 0 (got {self.alpha_init})"
-            )
-        if self.kernels == "triton" and not (self.learn_res and self.learn_pre and self.learn_post):
-            raise ConfigError("connection.kernels='triton' needs every mHC mapping learned (learn_res/pre/post = true)")
+        check_gate_fields(self, "mHC")
+
+
+def check_gate_fields(cfg: StreamConfig, variant: str) -> None:
+    """The cross-field checks of the mHC-style configs (`MHCConfig` and mHC-lite's), a ConfigError naming the key."""
+    if cfg.phi_init == "unit" and cfg.alpha_init <= 0:
+        raise ConfigError(
+            f"connection.phi_init='unit' scales phi by 1/alpha_init, which must be > 0 (got {cfg.alpha_init})"
+        )
+    if cfg.kernels == "triton" and not (cfg.learn_res and cfg.learn_pre and cfg.learn_post):
+        raise ConfigError(
+            f"connection.kernels='triton' needs every {variant} mapping learned (learn_res/pre/post = true)"
+        )
 
 
 class ManifoldHyperConnection(StreamConnection):
@@ -76,7 +83,7 @@ class ManifoldHyperConnection(StreamConnection):
         n = cfg.n
         # the learned mappings in [pre | post | res] order, with their widths in phi / b
         self.learned = [m for m, on in (("pre", cfg.learn_pre), ("post", cfg.learn_post), ("res", cfg.learn_res)) if on]
-        self.widths = [n * n if m == "res" else n for m in self.learned]
+        self.widths = [self.res_width() if m == "res" else n for m in self.learned]
         self.phi = nn.Parameter(torch.empty(n * dim, sum(self.widths)))
         self.bias = nn.Parameter(torch.empty(sum(self.widths)))
         self.alpha = nn.Parameter(torch.empty(len(self.learned)))  # alpha of each learned mapping
@@ -88,7 +95,7 @@ class ManifoldHyperConnection(StreamConnection):
         std = cfg.phi_init_std if cfg.phi_init == "normal" else 1.0 / (cfg.alpha_init * math.sqrt(n * self.dim))
         self.phi.normal_(0.0, std, generator=generator)
         self.alpha.fill_(cfg.alpha_init)
-        bias = {"pre": torch.zeros(n), "post": torch.zeros(n), "res": torch.zeros(n, n)}
+        bias = {"pre": torch.zeros(n), "post": torch.zeros(n), "res": torch.zeros(self.res_width())}
         if cfg.bias_init in ("identity", "spread"):
             # H_pre ~ one-hot of stream (index mod n), H_res ~ I (Sinkhorn of exp(I) alone is far from I, hence a
             # large diagonal logit); "spread" also gives every stream a different H_post.
@@ -96,11 +103,25 @@ class ManifoldHyperConnection(StreamConnection):
             L = cfg.identity_logit
             bias["pre"] = torch.full((n,), -L)
             bias["pre"][own] = L
-            bias["res"] = L * torch.eye(n)
+            bias["res"] = self.identity_res_bias(L)
             if cfg.bias_init == "spread":
                 bias["post"] = torch.full((n,), -1.0)
                 bias["post"][own] = 1.0
-        self.bias.copy_(torch.cat([bias[m].flatten() for m in self.learned]))
+        if self.learned:  # (torch.cat refuses an empty list: every mapping fixed leaves b empty)
+            self.bias.copy_(torch.cat([bias[m].flatten() for m in self.learned]))
+
+    def res_width(self) -> int:
+        """Columns of phi / entries of b behind H_res: mat(H~_res) is n x n."""
+        return self.cfg.n**2
+
+    def identity_res_bias(self, logit: float) -> torch.Tensor:
+        """b_res of the "identity"/"spread" inits: `logit` on the diagonal of mat(b_res), 0 elsewhere."""
+        return logit * torch.eye(self.cfg.n)
+
+    def res_map(self, logits: torch.Tensor) -> torch.Tensor:
+        """H_res [..., n, n] from its logits [..., res_width] (Eq. 19: Sinkhorn-Knopp of mat(logits))."""
+        cfg = self.cfg
+        return sinkhorn_fast(logits.unflatten(-1, (cfg.n, cfg.n)), cfg.sinkhorn_iters, cfg.sinkhorn_eps)
 
     def projection(self) -> tuple[torch.Tensor, bool] | None:
         return (self.phi, False) if len(self.learned) == 3 else None  # (a) Eq. 14-15: all streams flattened
@@ -137,7 +158,7 @@ class ManifoldHyperConnection(StreamConnection):
             2.0 * torch.sigmoid(logits["post"]) if "post" in logits else x.new_ones((*batch, n), dtype=torch.float32)
         )
         if "res" in logits:
-            H_res = sinkhorn_fast(logits["res"].unflatten(-1, (n, n)), cfg.sinkhorn_iters, cfg.sinkhorn_eps)
+            H_res = self.res_map(logits["res"])
         else:
             H_res = torch.eye(n, device=x.device).expand(*batch, n, n)
         return H_pre, H_post, H_res
