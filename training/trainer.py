@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from corpus import TokenLoader, load_shard, val_batches
 from corpus.prepare import prepare_data
+from models.config import ConfigError
 from models.connections import StreamConnection
 from models.kernels import get_ops
 from models.transformer import Transformer
@@ -72,8 +73,6 @@ class Trainer:
 
     def _batch_split(self) -> tuple[int, int]:
         """(sequences per rank, sequences per forward/backward)."""
-        from models.config import ConfigError
-
         batch, world = self.cfg.train.batch_size, self.ranks.world
         if batch % world:
             raise ConfigError(f"train.batch_size ({batch}) must be divisible by the {world} ranks")
