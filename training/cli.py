@@ -36,7 +36,7 @@ from models.config import ConfigError, to_dict
 
 from .checkpoint import CheckpointError
 from .config import RunConfig, config_hash, load_run_config
-from .run_folder import display_name, move_stale_run, shard_checksums
+from .run_folder import move_stale_run, shard_checksums
 
 
 def read_tracking_file(path: Path) -> tuple[str, str]:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-__all__ = ["display_name", "main"]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())
