@@ -16,12 +16,8 @@ EOT_TOKEN = "<|endoftext|>"
 
 DATA_ROOT_ENV = "MHC_DATA_ROOT"
 CORPUS_SUBDIR = "corpus"
-MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "val")
 CORPUS_SUFFIXES = (".gz", ".txt", ".jsonl", "")
 """File suffixes `iter_documents` reads (WikiExtractor writes `wiki_00` with no suffix); other files are ignored."""
-
-_ENCODE_CHUNK_DOCS = 2048  # documents per encode_batch call: large enough to keep all cores busy
 
 
 class DataError(ValueError):
@@ -32,7 +28,7 @@ class DataError(ValueError):
 # Data root
 
 
-def _repo_root() -> Path | None:
+def repo_root() -> Path | None:
     """The nearest directory above this file that holds `pyproject.toml` (None for an installed wheel)."""
     for parent in Path(__file__).resolve().parents:
         if (parent / "pyproject.toml").is_file():
@@ -60,7 +56,7 @@ def resolve_data_root(configured: str | os.PathLike[str] | None) -> Path:
         raise DataError(f"${DATA_ROOT_ENV}={env!r} is not a directory")
     tried.append("config data_root (not set)")
     tried.append(f"${DATA_ROOT_ENV} (not set)")
-    repo = _repo_root()
+    repo = repo_root()
     if repo is not None:
         default = repo.parent / "shared" / "data"
         if default.is_dir():
@@ -204,7 +200,7 @@ def iter_documents(corpus_dir: str | os.PathLike[str]) -> Iterator[str]:
     return generate()
 
 
-def _limited(docs: Iterator[str], max_docs: int | None) -> Iterator[str]:
+def limited(docs: Iterator[str], max_docs: int | None) -> Iterator[str]:
     if max_docs is None:
         return docs
     if max_docs < 1:
@@ -212,7 +208,7 @@ def _limited(docs: Iterator[str], max_docs: int | None) -> Iterator[str]:
     return itertools.islice(docs, max_docs)
 
 
-def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
+def batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, n)):
         yield chunk

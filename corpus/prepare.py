@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .documents import HF_PREFIX, DataError, _repo_root, resolve_data_root
+from .documents import HF_PREFIX, DataError, repo_root, resolve_data_root
 from .shards import build_shards, load_shard, read_manifest
 from .tokenizer import train_tokenizer
 
@@ -40,7 +40,7 @@ def default_shards_dir(d: DataConfig, vocab_size: int) -> Path:
     """results/data/bpe<vocab>[-<hf dataset>][-docs<max_docs>] in the repository (else the working directory)."""
     source = "-" + d.hf_dataset.replace("/", "_").replace(":", "_") if d.hf_dataset else ""
     name = f"bpe{vocab_size}{source}" + (f"-docs{d.max_docs}" if d.max_docs else "")
-    return (_repo_root() or Path.cwd()) / "results" / "data" / name
+    return (repo_root() or Path.cwd()) / "results" / "data" / name
 
 
 def prepare_data(d: DataConfig, vocab_size: int) -> tuple[Path, dict]:

@@ -14,11 +14,15 @@ from tqdm import tqdm
 
 from common.files import atomic_write_bytes, sha256_file
 
-from .documents import _ENCODE_CHUNK_DOCS, MANIFEST_NAME, SPLITS, DataError, _batched, _limited, iter_documents
+from .documents import DataError, batched, iter_documents, limited
 from .tokenizer import eot_id, load_tokenizer, tokenizer_sha256
 
 # --------------------------------------------------------------------------------------------------------------------
 # Shards
+
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val")
+_ENCODE_CHUNK_DOCS = 2048  # documents per encode_batch call: large enough to keep all cores busy
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -60,7 +64,7 @@ def build_shards(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = load_tokenizer(tokenizer)
-    docs = _limited(iter_documents(corpus_dir), max_docs)  # fails here, before touching out_dir, if the corpus is gone
+    docs = limited(iter_documents(corpus_dir), max_docs)  # fails here, before touching out_dir, if the corpus is gone
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -75,7 +79,7 @@ def build_shards(
     files = {split: open(tmp_paths[split], "wb") for split in SPLITS}
     try:
         with tqdm(desc="shards: tokenizing", unit="doc", mininterval=2.0) as bar:
-            for chunk in _batched(docs, _ENCODE_CHUNK_DOCS):
+            for chunk in batched(docs, _ENCODE_CHUNK_DOCS):
                 encodings = encode(chunk, add_special_tokens=False)
                 pieces: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
                 for text, enc in zip(chunk, encodings, strict=True):

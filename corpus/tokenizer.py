@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from common.files import atomic_write_bytes
 
-from .documents import EOT_TOKEN, DataError, _limited, iter_documents
+from .documents import EOT_TOKEN, DataError, iter_documents, limited
 
 # --------------------------------------------------------------------------------------------------------------------
 # Tokenizer
@@ -44,7 +44,7 @@ def train_tokenizer(
     """
     if vocab_size < 257:
         raise ValueError(f"vocab_size must be at least 257 (256 bytes + {EOT_TOKEN}), got {vocab_size}")
-    docs = _limited(iter_documents(corpus_dir), max_docs)
+    docs = limited(iter_documents(corpus_dir), max_docs)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

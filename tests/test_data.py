@@ -105,7 +105,7 @@ def test_resolve_data_root_default_next_to_repo(tmp_path: Path, monkeypatch: pyt
     repo = tmp_path / "main"
     repo.mkdir()
     monkeypatch.delenv("MHC_DATA_ROOT", raising=False)
-    monkeypatch.setattr(data, "_repo_root", lambda: repo)
+    monkeypatch.setattr(data, "repo_root", lambda: repo)
     with pytest.raises(DataError, match=r"tried: .*MHC_DATA_ROOT.*shared/data \(does not exist\)"):
         resolve_data_root(None)
     (tmp_path / "shared" / "data").mkdir(parents=True)
