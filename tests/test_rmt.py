@@ -228,3 +228,19 @@ def test_tiny_model_trains_through_the_trainer(shards: Path, tmp_path: Path):
     assert all(g > 0 for g in diagnostics[0]["grad_pre"] + diagnostics[0]["grad_post"])
     assert all(g is None for g in diagnostics[0]["grad_res"])
     assert not torch.equal(trainer.model.connection_ends.entry_keys.detach(), keys_before)
+
+
+def test_init_weights_redraws_every_key_from_the_seed():
+    """The entry and exit keys (in `connection_ends`) come from the connections' generator like the sub-layers' keys:
+    two models built from different seeds are equal after init_weights(seed)."""
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(Transformer(model_config("tiny", "rmt")))
+    a, b = (dict(m.named_parameters()) for m in models)
+    assert not torch.equal(a["connection_ends.entry_keys"], b["connection_ends.entry_keys"])
+    for model in models:
+        model.init_weights(seed=11)
+    assert all(torch.equal(p, b[name]) for name, p in a.items())
+    std = a["connection_ends.entry_keys"].std().item()  # N(0, 1 / R), R = 4
+    assert 0.35 < std < 0.65
