@@ -244,3 +244,14 @@ def test_init_weights_redraws_every_key_from_the_seed():
     assert all(torch.equal(p, b[name]) for name, p in a.items())
     std = a["connection_ends.entry_keys"].std().item()  # N(0, 1 / R), R = 4
     assert 0.35 < std < 0.65
+
+
+def test_incremental_decoding_matches_the_full_forward():
+    torch.manual_seed(5)
+    model = Transformer(model_config("tiny", "rmt")).eval()
+    tokens = torch.randint(0, 512, (2, 10))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(2)
+        steps = torch.cat([model(tokens[:, i : i + 1], start_pos=i, cache=cache) for i in range(10)], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
