@@ -28,7 +28,7 @@ from .transformer import Transformer
 def capture_mappings(model: Transformer) -> Iterator[list[dict[str, torch.Tensor]]]:
     """Inside the block, every forward fills the yielded list with one record per sub-layer, in order:
     {"sublayer": 2*block + (0 attn | 1 ffn), "H_pre": [B,T,n], "H_post": [B,T,n], "H_res": [B,T,n,n]}.
-    The residual baseline has no mappings (the list stays empty)."""
+    The residual baseline and RMT have no mappings (the list stays empty)."""
     records: list[dict[str, torch.Tensor]] = []
     connections = model.connections()
     handles = []
@@ -225,9 +225,15 @@ def residual_maps_with(
     model: Transformer, records: list[dict[str, torch.Tensor]], parameters: list[dict[str, torch.Tensor]]
 ) -> list[torch.Tensor | None]:
     """For every captured sub-layer: the H_res its connection gives on the same input state with `parameters`
-    (e.g. the step-0 values) in place of the current ones; separates what learning changed from input drift."""
+    (e.g. the step-0 values) in place of the current ones; separates what learning changed from input drift.
+    `parameters` has one entry per connection; a record is paired with its connection by its "sublayer" index (a
+    variant that keeps no records, RMT, has none)."""
     out = []
-    for record, conn, values in zip(records, model.connections(), parameters, strict=True):
+    connections = model.connections()
+    if len(parameters) != len(connections):
+        raise ValueError(f"{len(parameters)} parameter sets for {len(connections)} connections")
+    for record in records:
+        conn, values = connections[record["sublayer"]], parameters[record["sublayer"]]
         with parameters_swapped(conn, values):
             out.append(conn.residual_map(record["state"]))
     return out

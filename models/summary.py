@@ -4,7 +4,7 @@ are allocated).
     python -m models.summary --scale paper-3b --arch mhc [--set connection.n=2 ...]
 
 prints one JSON object with total, active, embedding and connection parameter counts, the number of
-connection parameters the mHC/HC equations imply, and, for the paper's scales, Table 5's numbers and
+connection parameters the mHC/HC/RMT equations imply, and, for the paper's scales, Table 5's numbers and
 our relative difference to them.
 
 "Active" parameters follow Table 5's convention: everything a token touches except the input
@@ -33,6 +33,10 @@ def expected_connection_params(cfg: ModelConfig) -> int:
         per = 0
     elif conn.arch == "gain":
         per = 2  # a_l, b_l
+    elif conn.arch == "rmt":
+        # read and write keys [D_k, R] per sub-layer, plus the entry and exit keys of `connection_ends`
+        keys = conn.rmt_key_dim * conn.rmt_rank
+        return 2 * cfg.n_layers * 2 * keys + 2 * keys
     elif conn.arch in ("mhc", "mhc-lite"):
         # phi [nC, width], b [width], one alpha per learned mapping (mHC Eq. 7); width = n^2 + 2n when all learned
         # (mHC-lite: one H_res logit per permutation, n! instead of n^2)
@@ -55,7 +59,7 @@ def count_parameters(model: Transformer) -> dict[str, int]:
     for moe in model.moe_layers():
         per_expert = sum(p.numel() for p in moe.experts[0].parameters())
         inactive += (moe.cfg.n_routed - moe.cfg.n_active) * per_expert
-    connection = sum(p.numel() for c in model.connections() for p in c.parameters())
+    connection = sum(p.numel() for c in model.connection_modules() for p in c.parameters())
     return {
         "total_params": total,
         "active_params": total - embedding - inactive,

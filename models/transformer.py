@@ -65,6 +65,8 @@ class Transformer(nn.Module):
         self.connection_cls = connection_class(cfg.connection)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        # expand after the embedding / collapse before the final norm (parameters only for RMT's entry and exit keys)
+        self.connection_ends = self.connection_cls.ends(cfg.connection, cfg.dim)
         self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         rope = rope_frequencies(cfg.attention.qk_rope_dim, cfg.max_seq_len, cfg.attention.rope_theta)
@@ -89,7 +91,7 @@ class Transformer(nn.Module):
         connection_gen = torch.Generator(device=device).manual_seed(seed ^ CONNECTION_SEED_SALT)
         att = self.cfg.attention
         self.rope.copy_(rope_frequencies(att.qk_rope_dim, self.cfg.max_seq_len, att.rope_theta, self.rope.device))
-        inside_connections = {id(m) for c in self.connections() for m in c.modules()}
+        inside_connections = {id(m) for c in self.connection_modules() for m in c.modules()}
         for module in self.modules():
             if id(module) in inside_connections:
                 continue
@@ -100,17 +102,21 @@ class Transformer(nn.Module):
             elif isinstance(module, MoE):
                 module.balance_bias.zero_()
                 module.load.zero_()
-        for module in self.connections():
+        for module in self.connection_modules():
             module.reset_parameters(generator=connection_gen)
 
     def core_parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter outside the connection modules (what paired variants share at one seed)."""
-        inside = {id(p) for c in self.connections() for p in c.parameters()}
+        inside = {id(p) for c in self.connection_modules() for p in c.parameters()}
         return {name: p for name, p in self.named_parameters() if id(p) not in inside}
 
     def connections(self) -> list[Connection]:
         """The connection modules in sub-layer order (attention 0, FFN 0, attention 1, ...)."""
         return [c for b in self.blocks for c in (b.attn_connection, b.ffn_connection)]
+
+    def connection_modules(self) -> list[nn.Module]:
+        """The connections and then `connection_ends`: every module that holds connection parameters."""
+        return [*self.connections(), self.connection_ends]
 
     def moe_layers(self) -> list[MoE]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoE)]
@@ -142,10 +148,10 @@ class Transformer(nn.Module):
             raise ValueError(f"positions up to {start_pos + T} exceed max_seq_len={self.cfg.max_seq_len}")
         rope = self.rope[start_pos : start_pos + T]
         self._assign_recompute_blocks()
-        state = self.connection_cls.expand(self.embed(tokens), self.cfg.connection)
+        state = self.connection_ends.expand(self.embed(tokens))
         for i, block in enumerate(self.blocks):
             state = block(state, rope, None if cache is None else cache[i], start_pos, key_valid)
-        h = self.norm(self.connection_cls.collapse(state, self.cfg.connection))
+        h = self.norm(self.connection_ends.collapse(state))
         if targets is None:
             return self.head(h)
         if torch.is_autocast_enabled(h.device.type) or h.dtype != torch.float32 or self.head.weight.dtype != h.dtype:

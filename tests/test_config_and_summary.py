@@ -46,7 +46,7 @@ def test_paper_table5_schedule_and_optimiser():
         assert t.tokens == pytest.approx(get_scale(name).paper["tokens"], rel=0.01)
 
 
-@pytest.mark.parametrize("arch", ["mhc", "hc", "mhc-lite"])
+@pytest.mark.parametrize("arch", ["mhc", "hc", "mhc-lite", "rmt"])
 def test_connection_params_are_exactly_the_equations(arch):
     base = summarize(model_config("paper-3b", "baseline"))
     s = summarize(model_config("paper-3b", arch))
@@ -56,6 +56,8 @@ def test_connection_params_are_exactly_the_equations(arch):
         assert s["connection_params"] == 24 * (4 * 1280 * 24 + 24 + 3)
     if arch == "mhc-lite":  # 24 sub-layers x (nC (2n + n!) + (2n + n!) + 3), n! = 24 permutations at n = 4
         assert s["connection_params"] == 24 * (4 * 1280 * 32 + 32 + 3)
+    if arch == "rmt":  # 24 sub-layers x (read + write) + entry + exit, each [D_k, R] = [16, 4]
+        assert s["connection_params"] == (24 * 2 + 2) * 16 * 4
 
 
 def test_summary_cli_is_fast_and_prints_json():
@@ -136,7 +138,7 @@ def test_semantic_config_errors(overrides, message):
 def test_each_variant_has_its_own_config_class():
     from models.config import ConnectionConfig, archs, connection_config, from_dict, model_config_from_record
 
-    assert set(archs()) == {"baseline", "gain", "hc", "mhc", "mhc-lite"}
+    assert set(archs()) == {"baseline", "gain", "hc", "mhc", "mhc-lite", "rmt"}
     assert type(from_dict(ConnectionConfig, {"arch": "mhc", "sinkhorn_iters": 5})).__name__ == "MHCConfig"
     assert type(from_dict(ConnectionConfig, {"arch": "hc", "hc_tanh": False})).__name__ == "HCConfig"
     assert type(connection_config("gain")) is ConnectionConfig

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..config import ConnectionConfig
 from ..kernels.sinkhorn import sinkhorn
-from .base import Connection, StreamConfig, StreamConnection
+from .base import Connection, ConnectionEnds, StreamConfig, StreamConnection
 from .gain import ResidualGain
 from .hc import HCConfig, HyperConnection
 from .mhc import ManifoldHyperConnection, MHCConfig
 from .mhc_lite import ManifoldHyperConnectionLite, MHCLiteConfig
 from .residual import Residual
+from .rmt import ResidualMatrix, RMTConfig
 
 # The one list of arch names: arch -> (connection class, its config class). A new variant registers itself here;
 # every other list of names (config validation, the CLI's choices, the workflow's schema) is derived from it.
@@ -19,6 +20,7 @@ VARIANTS: dict[str, tuple[type[Connection], type[ConnectionConfig]]] = {
     "hc": (HyperConnection, HCConfig),
     "mhc": (ManifoldHyperConnection, MHCConfig),
     "mhc-lite": (ManifoldHyperConnectionLite, MHCLiteConfig),
+    "rmt": (ResidualMatrix, RMTConfig),
 }
 CONNECTIONS: dict[str, type[Connection]] = {arch: cls for arch, (cls, _) in VARIANTS.items()}
 ConnectionConfig.variants.update({arch: config for arch, (_, config) in VARIANTS.items()})
@@ -39,6 +41,7 @@ __all__ = [
     "CONNECTIONS",
     "VARIANTS",
     "Connection",
+    "ConnectionEnds",
     "HCConfig",
     "HyperConnection",
     "MHCConfig",
@@ -46,7 +49,9 @@ __all__ = [
     "StreamConfig",
     "ManifoldHyperConnection",
     "ManifoldHyperConnectionLite",
+    "RMTConfig",
     "Residual",
+    "ResidualMatrix",
     "ResidualGain",
     "StreamConnection",
     "build_connection",

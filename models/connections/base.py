@@ -8,9 +8,13 @@ the final norm. What the state is belongs to the variant:
 - residual: the hidden vector x, [..., C]              (x + F(x))
 - HC / mHC: n residual streams, [..., n, C]            (H_res x + H_post^T F(H_pre x))
 - DenseFormer / MUDDFormer (later): the list of all earlier layer outputs, read with dynamic weights
-- RMT (later): a matrix-valued residual state
+- RMT: a matrix-valued residual state, [..., D_k, D_v]          (S + K_write F(K_read^T S))
 
 so new variants plug into the same block without a second transformer.
+
+The model does not call `expand`/`collapse` directly but through `connection_ends`, the module `Connection.ends`
+returns, which it keeps at its top level (outside the blocks). By default that module has no parameters and calls the
+static `expand`/`collapse`; a variant whose entry or exit is learned (RMT's entry and exit keys) returns its own.
 
 Diagnostics: a connection with `capture = True` keeps its last mappings (float32, detached) in
 `self.record` as {"H_pre": [..., n], "H_post": [..., n], "H_res": [..., n, n], "spread": [...], "state": ...},
@@ -65,6 +69,11 @@ class Connection(nn.Module):
         """Final state -> [..., C] for the final norm."""
         raise NotImplementedError
 
+    @classmethod
+    def ends(cls, cfg: ConnectionConfig, dim: int) -> ConnectionEnds:
+        """The module that carries the state in and out of the blocks (see `ConnectionEnds`)."""
+        return ConnectionEnds(cls, cfg)
+
     def _keep(self, state: torch.Tensor, H_pre: torch.Tensor, H_post: torch.Tensor, H_res: torch.Tensor) -> None:
         if self.capture:
             self.record = {
@@ -83,6 +92,29 @@ class Connection(nn.Module):
         """L2 norm of the current gradient of the parameters behind each mapping ("res", "pre", "post"); None
         where the variant has no such parameters or no gradient was computed."""
         return {"res": None, "pre": None, "post": None}
+
+
+class ConnectionEnds(nn.Module):
+    """`expand` after the embedding and `collapse` before the final norm, as a module the model keeps at its top level
+    (`Transformer.connection_ends`): its parameters, if any, are connection parameters (initialised with the
+    connections' generator, counted with them) that belong to no sub-layer, and they sit outside the blocks, so FSDP's
+    per-block sharding leaves them whole during the model's forward. This default has no parameters and calls the
+    variant's static `expand`/`collapse`."""
+
+    def __init__(self, connection_cls: type[Connection], cfg: ConnectionConfig):
+        super().__init__()
+        self.connection_cls = connection_cls
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Initialise the parameters of the ends (none here)."""
+
+    def expand(self, h: torch.Tensor) -> torch.Tensor:
+        return self.connection_cls.expand(h, self.cfg)
+
+    def collapse(self, state: torch.Tensor) -> torch.Tensor:
+        return self.connection_cls.collapse(state, self.cfg)
 
 
 def stream_spread(state: torch.Tensor) -> torch.Tensor:
