@@ -165,6 +165,9 @@ class ConnectionConfig:
     def streams(self) -> int:
         return 1
 
+    def validate_width(self, dim: int) -> None:
+        """Checks of this variant against the model width `dim` (a ConfigError naming the key)."""
+
     def validate(self) -> None:
         """Checks across fields of this variant (a ConfigError naming the key); the bounds are checked already."""
         if self.arch not in self.variants or not isinstance(self, self.variants[self.arch]):
@@ -343,6 +346,7 @@ def validate_model_config(cfg: ModelConfig) -> None:
     check_bounds(cfg, "model")
     att, ffn = cfg.attention, cfg.ffn
     cfg.connection.validate()
+    cfg.connection.validate_width(cfg.dim)
     if att.qk_rope_dim % 2:
         raise ConfigError(f"model.attention.qk_rope_dim must be even, got {att.qk_rope_dim}")
     if ffn.n_dense_layers > cfg.n_layers:

@@ -39,6 +39,7 @@ TRAIN_CASES = [
     ("zero streams", None, ["model.connection.n=0"], "model.connection.n must be >= 1"),
     ("zero Sinkhorn iterations", None, ["model.connection.sinkhorn_iters=0"], "sinkhorn_iters must be >= 1"),
     ("HC field under mHC", None, ["model.connection.hc_tanh=true"], "hc_tanh applies to arch 'hc' only"),
+    ("RMT rank not dividing the width", None, ["arch=rmt", "model.connection.rmt_rank=3"], "rmt_rank (3) must divide"),
     ("mHC field under the baseline", None, ["arch=baseline", "model.connection.bias_init=zero"], "bias_init"),
     ("unknown arch", None, ["arch=mhx"], "'mhx' is not one of"),
     ("unknown scale", None, ["scale=tiny-x"], "unknown scale 'tiny-x'"),

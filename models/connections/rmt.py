@@ -63,6 +63,9 @@ class RMTConfig(ConnectionConfig):
     rmt_key_dim: int = at_least(16, 1)  # D_k, the reference code's `reskey_dim`
     rmt_rank: int = at_least(4, 1)  # R, value vectors per read/write (the reference's `rank`); D_v = dim / R
 
+    def validate_width(self, dim: int) -> None:
+        self.value_dim(dim)
+
     def value_dim(self, dim: int) -> int:
         """D_v = C / R (a ConfigError naming the key when R does not divide the model width)."""
         if dim % self.rmt_rank:
