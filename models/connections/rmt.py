@@ -88,8 +88,12 @@ def _key_matrix(cfg: RMTConfig) -> nn.Parameter:
 
 
 @torch.no_grad()
-def _fan_in_normal(param: torch.Tensor, fan_in: int, generator: torch.Generator | None) -> None:
-    param.normal_(0.0, fan_in**-0.5, generator=generator)
+@torch.no_grad()
+def _fan_in_normal(generator: torch.Generator | None, *keys: tuple[torch.Tensor, int]) -> None:
+    """Draw each (key matrix, fan-in) from N(0, 1 / fan-in), in order (nothing on the meta device)."""
+    for param, fan_in in keys:
+        if not param.is_meta:
+            param.normal_(0.0, fan_in**-0.5, generator=generator)
 
 
 class ResidualMatrix(Connection):
@@ -104,12 +108,8 @@ class ResidualMatrix(Connection):
         self.write_keys = _key_matrix(cfg)
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        if self.read_keys.is_meta:
-            return
-        _fan_in_normal(self.read_keys, self.cfg.rmt_key_dim, generator)
-        _fan_in_normal(self.write_keys, self.cfg.rmt_rank, generator)
+        _fan_in_normal(generator, (self.read_keys, self.cfg.rmt_key_dim), (self.write_keys, self.cfg.rmt_rank))
 
     def forward(self, state: torch.Tensor, sublayer: SubLayer) -> torch.Tensor:
         with connection_ops(state.device.type):
@@ -146,12 +146,8 @@ class RMTEnds(ConnectionEnds):
         self.exit_keys = _key_matrix(cfg)
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        if self.entry_keys.is_meta:
-            return
-        _fan_in_normal(self.entry_keys, self.cfg.rmt_rank, generator)
-        _fan_in_normal(self.exit_keys, self.cfg.rmt_key_dim, generator)
+        _fan_in_normal(generator, (self.entry_keys, self.cfg.rmt_rank), (self.exit_keys, self.cfg.rmt_key_dim))
 
     def expand(self, h: torch.Tensor) -> torch.Tensor:
         with connection_ops(h.device.type):
