@@ -35,6 +35,7 @@ from .config import RunConfig, config_hash
 from .optim import lr_at, make_optimizer
 from .parallel import Parallel, init_distributed
 from .run_folder import RunFolder, display_name, git_sha, provenance, shard_checksums
+from .tracking import NullTracker
 from .validation import MappingProbe, validation_loss
 
 DIAGNOSTICS_BATCH = 8  # sequences of the fixed validation batches (and the diagnostics' gradient batch)
@@ -114,7 +115,7 @@ class Trainer:
         try:
             self.folder.trim_logs(self.step)
             self.folder.write_provenance(self.provenance())
-            tracker = tracker_factory(self) if tracker_factory else _NoTracker()
+            tracker = tracker_factory(self) if tracker_factory else NullTracker()
             status, reason = self._loop(tracker)
             if status == "completed":
                 model_state, _ = self.parallel.full_states(self.optimizer)
@@ -268,14 +269,3 @@ class Trainer:
 
 def _every(step: int, interval: int) -> bool:
     return bool(interval) and step % interval == 0
-
-
-class _NoTracker:
-    """The tracker of a run that is not tracked."""
-
-    run_id = None
-
-    def log_metrics(self, metrics: dict, step: int) -> None: ...
-    def flush(self) -> None: ...
-    def log_artifact(self, path: Path) -> None: ...
-    def finish(self, status: str) -> None: ...
