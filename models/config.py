@@ -174,12 +174,11 @@ class ConnectionConfig:
             raise ConfigError(f"connection.arch {self.arch!r} does not match its config class {type(self).__name__}")
 
     @classmethod
-    def for_arch(cls, arch: str) -> type[ConnectionConfig]:
-        """The config class of variant `arch` (a ConfigError naming the known ones otherwise)."""
-        try:
-            return cls.variants[arch]
-        except KeyError:
-            raise ConfigError(f"connection.arch: {arch!r} is not one of {sorted(cls.variants)}") from None
+    def for_arch(cls, arch: Any, where: str = "connection.arch") -> type[ConnectionConfig]:
+        """The config class of variant `arch` (a ConfigError naming `where` and the known ones otherwise)."""
+        if not isinstance(arch, str) or arch not in cls.variants:
+            raise ConfigError(f"{where}: {arch!r} is not one of {sorted(cls.variants)}")
+        return cls.variants[arch]
 
 
 def model_config_from_record(data: dict[str, Any]) -> ModelConfig:
@@ -199,8 +198,7 @@ def connection_config(arch: str = "baseline", **fields: Any) -> ConnectionConfig
 
 
 def archs() -> tuple[str, ...]:
-    """Every registered connection variant's name."""
-    ConnectionConfig.for_arch("baseline")
+    """Every registered connection variant's name (models/connections/__init__.py)."""
     return tuple(ConnectionConfig.variants)
 
 
@@ -297,11 +295,7 @@ def from_dict(cls: type[T], data: dict[str, Any], _path: str = "") -> T:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys, wrong types and values out of bounds.
     A `ConnectionConfig` is built as the config class of its `arch`, so another variant's fields are unknown keys."""
     if cls is ConnectionConfig:
-        arch = data.get("arch", ConnectionConfig.arch)
-        where = f"{_path}.arch" if _path else "arch"
-        if not isinstance(arch, str) or arch not in ConnectionConfig.variants:
-            raise ConfigError(f"{where}: {arch!r} is not one of {sorted(ConnectionConfig.variants)}")
-        cls = ConnectionConfig.for_arch(arch)
+        cls = ConnectionConfig.for_arch(data.get("arch", ConnectionConfig.arch), f"{_path}.arch" if _path else "arch")
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

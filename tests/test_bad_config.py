@@ -66,18 +66,28 @@ def _train_command(tmp: Path, edits: dict | None, overrides: list[str]) -> tuple
     return cmd, tmp / "run"
 
 
+def _run_together(jobs: dict[str, tuple[list[str], Path, Path]]) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """{name: (command, cwd, path to keep)} -> {name: (finished process, path)}: all started at once, each a fresh
+    Python process that fails in its config, so the cases cost about one start-up per core."""
+    procs = {
+        name: (subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), path)
+        for name, (cmd, cwd, path) in jobs.items()
+    }
+    results = {}
+    for name, (proc, path) in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        results[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), path)
+    return results
+
+
 @pytest.fixture(scope="module")
 def train_results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """Every case's CLI run, started together (each is a fresh Python process that fails in its config)."""
-    procs = {}
+    """Every case's CLI run."""
+    jobs = {}
     for name, edits, overrides, _ in TRAIN_CASES:
         cmd, out = _train_command(tmp_path_factory.mktemp("bad"), edits, overrides)
-        procs[name] = (subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out)
-    results = {}
-    for name, (proc, out) in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out)
-    return results
+        jobs[name] = (cmd, REPO, out)
+    return _run_together(jobs)
 
 
 @pytest.mark.parametrize("name, edits, overrides, message", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
@@ -139,20 +149,15 @@ SNAKEFILE_CASES = [
 @pytest.fixture(scope="module")
 def snakefile_results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
     smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    procs = {}
+    jobs = {}
     for name, edit, _ in SNAKEFILE_CASES:
         work = tmp_path_factory.mktemp("snake")
         config = yaml.safe_load(yaml.safe_dump(smoke))
         edit(config)
         (work / "bad.yaml").write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), "-n"]
-        cmd += ["--configfile", str(work / "bad.yaml")]
-        procs[name] = (subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), work)
-    results = {}
-    for name, (proc, work) in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), work)
-    return results
+        jobs[name] = ([*cmd, "--configfile", str(work / "bad.yaml")], work, work)
+    return _run_together(jobs)
 
 
 @pytest.mark.parametrize("name, edit, message", SNAKEFILE_CASES, ids=[c[0] for c in SNAKEFILE_CASES])

@@ -36,7 +36,7 @@ from models.config import ConfigError, to_dict
 
 from .checkpoint import CheckpointError
 from .config import RunConfig, config_hash, load_run_config
-from .run_folder import move_stale_run, shard_checksums
+from .run_folder import display_name, move_stale_run, shard_checksums
 
 
 def read_tracking_file(path: Path) -> tuple[str, str]:
@@ -56,14 +56,13 @@ def make_run_tracker(trainer):
     from .tracking import make_tracker
 
     cfg = trainer.cfg
-    tags = trainer.tracking_tags()
     tracker = make_tracker(
         cfg.tracking.enabled and trainer.ranks.main,
         tracking_uri=cfg.tracking.tracking_uri,
         experiment=cfg.tracking.experiment,
-        run_name=tags.pop("run_name"),
+        run_name=display_name(trainer.folder.path),
         params={"config": to_dict(cfg), "model": to_dict(cfg.model), "train": to_dict(cfg.train)},
-        tags=tags,
+        tags=trainer.tracking_tags(),
         resume_run_id=trainer.folder.read_text("mlflow_run_id"),
     )
     if trainer.ranks.main and cfg.tracking.enabled and tracker.run_id:  # "" when the store failed at the start

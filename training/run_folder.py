@@ -11,6 +11,7 @@ appear twice. A folder holding a run of another configuration is moved aside, ne
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -27,8 +28,10 @@ from models.config import to_dict
 from .config import RunConfig
 
 
+@functools.cache
 def git_sha() -> str:
-    """The commit of the code that ran ("unknown" outside a git checkout)."""
+    """The commit of the code that ran ("unknown" outside a git checkout); asked once per process, since the code a
+    process runs is the code it loaded, whatever is committed later (every checkpoint records it)."""
     try:
         repo = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)

@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, sav
 from .config import RunConfig, config_hash
 from .optim import lr_at, make_optimizer
 from .parallel import Parallel, init_distributed
-from .run_folder import RunFolder, display_name, git_sha, provenance, shard_checksums
+from .run_folder import RunFolder, git_sha, provenance, shard_checksums
 from .tracking import NullTracker
 from .validation import MappingProbe, validation_loss
 
@@ -263,7 +263,6 @@ class Trainer:
             "git_sha": git_sha(),
             "config_hash": self.hash,
             "run_dir": str(self.folder.path.resolve()),
-            "run_name": display_name(self.folder.path),
         }
 
 
