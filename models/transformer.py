@@ -8,6 +8,9 @@ transformer for all of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,16 +42,34 @@ class Block(nn.Module):
         self.attn_connection = build_connection(cfg.connection, cfg.dim, 2 * layer_id, cfg.norm_eps)
         self.ffn_connection = build_connection(cfg.connection, cfg.dim, 2 * layer_id + 1, cfg.norm_eps)
 
-    def forward(
+    def steps(
         self,
-        state: torch.Tensor,
         rope: torch.Tensor,
         cache: LayerKVCache | None = None,
         start_pos: int = 0,
         key_valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        state = self.attn_connection(state, lambda u: self.attn(self.attn_norm(u), rope, cache, start_pos, key_valid))
-        state = self.ffn_connection(state, lambda u: self.ffn(self.ffn_norm(u)))
+    ) -> list[Callable[[Any], Any]]:
+        """The block's two sub-layer steps, attention then FFN, each `state -> state` through its connection.
+
+        The forward pass applies them in order; the gain diagnostics (models/jacobian_gain.py) differentiate each one
+        on its own, so that what they measure is exactly what the forward pass computes."""
+        return [
+            lambda state: self.attn_connection(
+                state, lambda u: self.attn(self.attn_norm(u), rope, cache, start_pos, key_valid)
+            ),
+            lambda state: self.ffn_connection(state, lambda u: self.ffn(self.ffn_norm(u))),
+        ]
+
+    def forward(
+        self,
+        state: Any,
+        rope: torch.Tensor,
+        cache: LayerKVCache | None = None,
+        start_pos: int = 0,
+        key_valid: torch.Tensor | None = None,
+    ) -> Any:
+        for step in self.steps(rope, cache, start_pos, key_valid):
+            state = step(state)
         return state
 
 
@@ -117,6 +138,13 @@ class Transformer(nn.Module):
     def connection_modules(self) -> list[nn.Module]:
         """The connections and then `connection_ends`: every module that holds connection parameters."""
         return [*self.connections(), self.connection_ends]
+
+    def sublayer_steps(self, seq_len: int) -> list[Callable[[Any], Any]]:
+        """Every sub-layer's step `state -> state` (attention 0, FFN 0, attention 1, ...) for a causal pass over
+        `seq_len` positions from position 0, without a KV cache: `connection_ends.expand(embed(tokens))` followed by
+        all of them is the forward pass up to the final norm."""
+        rope = self.rope[:seq_len]
+        return [step for block in self.blocks for step in block.steps(rope)]
 
     def moe_layers(self) -> list[MoE]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoE)]
