@@ -16,7 +16,11 @@ Experiments:
 - compute_scaling: `variants` at every scale of the ladder (Fig. 6a);
 - token_scaling: `variants` at one scale whose intermediate checkpoints are kept and evaluated (Fig. 6b);
 - evaluation: the benchmark suite on the runs of `evaluation.variants` x `evaluation.seeds` at the main scale;
-- mappings: the learned H_res matrices of `mappings.variants` at the main scale (Fig. 8).
+- mappings: the learned H_res matrices of `mappings.variants` at the main scale (Fig. 8);
+- beyond_paper (optional): the rival designs the paper dismisses and variants since (RMT, MUDDFormer, mHC-lite)
+  beside baseline / HC / mHC: a depth sweep (`depth_scales`, one scale per depth at fixed width and tokens), an LR
+  stress test (`stress`: the same `<variant>-lr<m>x` runs as lr_sweep, at `stress.scale`) and the Jacobian gain of
+  every run of the section, at initialisation and after training.
 """
 
 from __future__ import annotations
@@ -46,30 +50,50 @@ def lr_variant(variant: str, multiplier: float) -> str:
     return variant if multiplier == 1 else f"{variant}-lr{multiplier:g}x"
 
 
+def lr_sweeps(config: dict[str, Any]) -> list[tuple[str, str, list[str], list[float]]]:
+    """(section, scale, variants, multipliers) of every section that derives `<variant>-lr<m>x` runs."""
+    sweeps = []
+    if config.get("lr_sweep"):
+        sweep = config["lr_sweep"]
+        sweeps.append(("lr_sweep", sweep["scale"], list(sweep["variants"]), list(sweep["multipliers"])))
+    stress = (config.get("beyond_paper") or {}).get("stress")
+    if stress:
+        sweeps.append(("beyond_paper.stress", stress["scale"], list(config["beyond_paper"]["variants"]),
+                       list(stress["multipliers"])))  # fmt: skip
+    return sweeps
+
+
 def all_variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The config's variants plus the LR sweep's derived ones ({..., "train": {"lr": m * lr}, "lr_multiplier": m,
-    "base_variant": name}); what every run's variant name refers to."""
+    """The config's variants plus the LR sweeps' derived ones ({..., "train": {"lr": m * lr}, "lr_multiplier": m,
+    "base_variant": name}); what every run's variant name refers to. Two sweeps may derive the same run (the same
+    variant at the same multiplier of the same rate), not two different runs under one name."""
     variants = {name: dict(v) for name, v in config["variants"].items()}
-    sweep = config.get("lr_sweep")
-    if not sweep:
-        return variants
-    for name in sweep["variants"]:
-        if name not in variants:
-            raise ValueError(f"lr_sweep.variants: {name!r} is not defined under config 'variants'")
-        base = variants[name]
-        base_lr = {**effective_train(config, sweep["scale"]), **base.get("train", {})}["lr"]
-        for multiplier in sweep["multipliers"]:
-            derived = lr_variant(name, multiplier)
-            if derived == name:
-                continue
-            if derived in config["variants"]:
-                raise ValueError(f"variant {derived!r} is defined in the config and derived by lr_sweep; rename it")
-            variants[derived] = {
-                **base,
-                "train": {**base.get("train", {}), "lr": float(multiplier) * float(base_lr)},
-                "lr_multiplier": multiplier,
-                "base_variant": name,
-            }
+    for section, scale, names, multipliers in lr_sweeps(config):
+        for name in names:
+            if name not in config["variants"]:
+                raise ValueError(f"{section}.variants: {name!r} is not defined under config 'variants'")
+            base = config["variants"][name]
+            base_lr = {**effective_train(config, scale), **base.get("train", {})}["lr"]
+            for multiplier in multipliers:
+                derived = lr_variant(name, multiplier)
+                if derived == name:
+                    continue
+                if derived in config["variants"]:
+                    raise ValueError(
+                        f"variant {derived!r} is defined in the config and derived by {section}: rename it"
+                    )
+                spec = {
+                    **base,
+                    "train": {**base.get("train", {}), "lr": float(multiplier) * float(base_lr)},
+                    "lr_multiplier": multiplier,
+                    "base_variant": name,
+                }
+                if derived in variants and variants[derived] != spec:
+                    raise ValueError(
+                        f"{section} derives {derived!r} with learning rate {spec['train']['lr']:g}, another LR sweep "
+                        f"with {variants[derived]['train']['lr']:g}: give the sweeps one scale (or one learning rate)"
+                    )
+                variants[derived] = spec
     return variants
 
 
@@ -121,9 +145,20 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
     add_each(main["scale"], evaluation["variants"], evaluation["seeds"], "evaluation")
     mappings = config["mappings"]
     add_each(main["scale"], mappings["variants"], [mappings["seed"]], "mappings")
+    beyond = config.get("beyond_paper") or {}
+    if beyond:
+        for scale in beyond["depth_scales"]:
+            add_each(scale, beyond["variants"], beyond["seeds"], "depth_sweep")
+        stress = beyond.get("stress")
+        if stress:
+            for variant in beyond["variants"]:
+                swept = [lr_variant(variant, multiplier) for multiplier in stress["multipliers"]]
+                add_each(stress["scale"], swept, stress["seeds"], "stress")
 
     sections = [("main", main), ("ablation", ablation), ("token_scaling", tokens)]
     sections += [(name, config[name]) for name in ("init_ablation", "lr_sweep") if config.get(name)]
+    if beyond.get("stress"):
+        sections.append(("beyond_paper.stress", beyond["stress"]))
     for name, section in sections:
         if section.get("scale") not in config["scales"]:
             raise ValueError(f"{name}.scale {section.get('scale')!r} is not one of config 'scales'")
@@ -160,6 +195,7 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
         },
         "mappings": {"scale": main["scale"], "variants": list(mappings["variants"]), "seed": mappings["seed"]},
         "measurements": dict(config["measurements"]),
+        "beyond_paper": beyond_section(config, variants) if beyond else None,
         "variants": variants,
         "run_options": dict(config.get("run", {})),
         "power": dict(config["power"]) if config.get("power") else None,
@@ -168,6 +204,37 @@ def build_plan(config: dict[str, Any]) -> dict[str, Any]:
             for name in sorted({run["scale"] for run in runs.values()} | set(config["measurements"]["scales"]))
         },
         "runs": runs,
+    }
+
+
+def beyond_section(config: dict[str, Any], variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The plan of the beyond-the-paper section: the depth points in sub-layers, checked to differ only in depth."""
+    beyond = config["beyond_paper"]
+    points = []
+    for scale in beyond["depth_scales"]:
+        model, train = effective_model(config, scale), effective_train(config, scale)
+        points.append({"scale": scale, "sublayers": 2 * int(model["n_layers"]), "dim": int(model["dim"]),
+                       "tokens": int(train["batch_size"]) * int(train["seq_len"]) * int(train["steps"])})  # fmt: skip
+    for key in ("dim", "tokens"):
+        values = {p[key] for p in points}
+        if len(values) > 1:
+            raise ValueError(
+                f"beyond_paper.depth_scales must differ only in depth; their {key} differs: "
+                + ", ".join(f"{p['scale']}={p[key]}" for p in points)
+            )
+    if len({p["sublayers"] for p in points}) != len(points):
+        raise ValueError("beyond_paper.depth_scales: two scales have the same depth")
+    for name in beyond["variants"]:
+        if name not in variants:
+            raise ValueError(f"beyond_paper.variants: {name!r} is not defined under config 'variants'")
+    stress = beyond.get("stress")
+    return {
+        "variants": list(beyond["variants"]),
+        "archs": {name: variants[name]["arch"] for name in beyond["variants"]},
+        "seeds": list(beyond["seeds"]),
+        "depths": sorted(points, key=lambda p: p["sublayers"]),
+        "stress": {k: list(v) if isinstance(v, list) else v for k, v in stress.items()} if stress else None,
+        "gain": dict(beyond.get("gain") or {}),
     }
 
 

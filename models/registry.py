@@ -203,10 +203,19 @@ register(_ladder("cpu-d8", 8, 64, 4, 8, 2, 4096, 128, 16, 250, 3e-3, "cpu tier m
 register(_ladder("cpu-dense-d4", 4, 48, 4, 0, 0, 4096, 128, 16, 200, 3e-3, "dense cpu ladder, 8 sub-layers", 144))
 register(_ladder("cpu-dense-d6", 6, 64, 4, 0, 0, 4096, 128, 16, 300, 3e-3, "dense cpu ladder, 12 sub-layers", 192))
 register(_ladder("cpu-dense-d8", 8, 64, 4, 0, 0, 4096, 128, 16, 400, 3e-3, "dense cpu tier main, 16 sub-layers", 192))
+# The depth sweep: cpu-dense-d8's width, batch, tokens and schedule at 2, 4 and 16 blocks (4, 8 and 32 sub-layers;
+# cpu-dense-d8 is the 16-sub-layer point), so that only the depth differs between the points.
+register(_ladder("cpu-dense-d2w64", 2, 64, 4, 0, 0, 4096, 128, 16, 400, 3e-3, "depth sweep, 4 sub-layers", 192))
+register(_ladder("cpu-dense-d4w64", 4, 64, 4, 0, 0, 4096, 128, 16, 400, 3e-3, "depth sweep, 8 sub-layers", 192))
+register(_ladder("cpu-dense-d16", 16, 64, 4, 0, 0, 4096, 128, 16, 400, 3e-3, "depth sweep, 32 sub-layers", 192))
 # gpu tier: one GPU, hours.
 register(_ladder("gpu-s", 8, 512, 8, 16, 4, 32768, 1024, 64, 6000, 1.5e-3, "gpu ladder"))
 register(_ladder("gpu-m", 12, 768, 12, 16, 4, 32768, 1024, 96, 10000, 1.2e-3, "gpu ladder"))
 register(_ladder("gpu-l", 16, 1024, 16, 32, 6, 32768, 2048, 128, 15000, 1e-3, "gpu ladder, largest"))
+# The gpu tier's depth sweep: gpu-s at 2, 4 and 16 blocks (gpu-s itself is the 16-sub-layer point).
+register(_ladder("gpu-s-d2", 2, 512, 8, 16, 4, 32768, 1024, 64, 6000, 1.5e-3, "gpu depth sweep, 4 sub-layers"))
+register(_ladder("gpu-s-d4", 4, 512, 8, 16, 4, 32768, 1024, 64, 6000, 1.5e-3, "gpu depth sweep, 8 sub-layers"))
+register(_ladder("gpu-s-d16", 16, 512, 8, 16, 4, 32768, 1024, 64, 6000, 1.5e-3, "gpu depth sweep, 32 sub-layers"))
 
 # Unit tests and smoke runs: dense FFN, seconds per run.
 register(
