@@ -12,6 +12,9 @@ Three measurements per scale, written to one JSON (`results/analysis/measurement
   eager reference path: every aten op reads its tensor inputs and writes its outputs (views move nothing). This is
   the traffic of the unfused implementation, which Table 2's formula describes; the fused kernels
   (models/kernels/triton_ops.py) read (n + 1)C and write nC in their post/res/merge step instead.
+  The variants beyond the paper (`TRAFFIC_ONLY`) are counted the same way over whole connection calls, split at the
+  sub-layer (what the connection does before F, and after), averaged over all sub-layers of the model: a dense
+  connection (MUDDFormer) reads more the deeper it sits.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ from common.files import atomic_write_text
 from common.gpu_slots import GpuSlotError, resolve_device
 from common.timing import round_robin
 from models.config import ConfigError, ModelConfig, from_dict, merge_overrides, to_dict, validate_model_config
+from models.connections import VARIANTS
 from models.diagnostics import saved_activation_bytes
 from models.kernels import get_ops
 from models.registry import get_scale
 from models.transformer import Transformer
 
 ARCHS = ("baseline", "hc", "mhc")
+# Counted for Table 2 beside the paper's three (no paper formula; not timed here: BENCHMARKS.md has their step times)
+TRAFFIC_ONLY = ("mhc-lite", "rmt", "mudd")
 
 
 def machine() -> str:
@@ -134,10 +140,11 @@ class TrafficCounter(TorchDispatchMode):
         super().__init__()
         self.read = 0
         self.write = 0
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if not func.is_view:
+        if not func.is_view and not self.paused:
             flat_in = torch.utils._pytree.tree_leaves((args, kwargs or {}))
             flat_out = torch.utils._pytree.tree_leaves(out)
             self.read += sum(t.numel() * t.element_size() for t in flat_in if isinstance(t, torch.Tensor))
@@ -177,6 +184,48 @@ def traffic(cfg: ModelConfig, tokens: int) -> list[dict[str, Any]]:
             "write_bytes": sum(r["write_bytes"] for r in rows),
         }
     )
+    return rows
+
+
+def connection_traffic(cfg: ModelConfig, tokens: int) -> list[dict[str, Any]]:
+    """Per-token bytes of a connection's work around its sub-layer, averaged over the model's sub-layers: what every
+    connection call does before F runs ("read": its inputs to F) and after ("write": merging F's output into the state),
+    counted on the eager ops with F itself paused (hooks on each sub-layer's pre-norm and on the sub-layer)."""
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(cfg, connection=dataclasses.replace(cfg.connection, kernels="reference")))
+    counter = TrafficCounter()
+    phase = {"name": "read"}
+    totals = {"read": [0, 0], "write": [0, 0]}
+
+    def pause(*_: Any) -> None:
+        if not counter.paused:
+            totals[phase["name"]][0] += counter.read
+            totals[phase["name"]][1] += counter.write
+            counter.read = counter.write = 0
+            counter.paused = True
+
+    def resume(*_: Any) -> None:
+        counter.paused = False
+        phase["name"] = "write"
+
+    for block in model.blocks:
+        for norm, sublayer in ((block.attn_norm, block.attn), (block.ffn_norm, block.ffn)):
+            norm.register_forward_pre_hook(pause)
+            sublayer.register_forward_hook(resume)
+    steps = model.sublayer_steps(tokens)
+    with torch.no_grad():
+        state = model.connection_ends.expand(torch.randn(1, tokens, cfg.dim))
+        for step in steps:
+            phase["name"] = "read"
+            with counter:
+                state = step(state)
+            totals["write"][0] += counter.read
+            totals["write"][1] += counter.write
+            counter.read = counter.write = 0
+    per = len(steps) * tokens
+    rows = [{"op": name, "read_bytes": r / per, "write_bytes": w / per} for name, (r, w) in totals.items()]
+    rows.append({"op": "total", "read_bytes": sum(r["read_bytes"] for r in rows),
+                 "write_bytes": sum(r["write_bytes"] for r in rows)})  # fmt: skip
     return rows
 
 
@@ -255,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
                 result["traffic"].append(
                     {"scale": scale, "arch": arch, "n": by_arch[arch].connection.streams(), "C": C,
                      "bytes_per_element": 4, **row}
+                )  # fmt: skip
+        for arch in (a for a in TRAFFIC_ONLY if a in VARIANTS):
+            cfg = scale_config(scale, arch, overrides.get(scale, {}))
+            for row in connection_traffic(cfg, tokens=seq):
+                result["traffic"].append(
+                    {"scale": scale, "arch": arch, "n": cfg.connection.streams(), "C": C, "bytes_per_element": 4,
+                     "averaged_over_sublayers": True, **row}
                 )  # fmt: skip
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     return 0

@@ -149,7 +149,10 @@ def table1_ablation(index: dict[str, Any]) -> Table:
 
 
 def _paper_io(arch: str, n: int, C: int, op: str) -> tuple[int | None, int | None, str, str]:
-    """Paper read/write elements and their expressions for one op; "a+b" ops sum their parts."""
+    """Paper read/write elements and their expressions for one op; "a+b" ops sum their parts (none for the variants
+    beyond the paper, which Table 2 does not cover)."""
+    if arch not in ("baseline", "hc", "mhc"):
+        return None, None, "", ""
     formula = paper.table2_residual(C) if arch == "baseline" else paper.table2_hc(n, C)
     exprs = paper.TABLE2_RESIDUAL_EXPR if arch == "baseline" else paper.TABLE2_HC_EXPR
     parts = op.split("+")
@@ -211,6 +214,9 @@ def table2_memory_access(index: dict[str, Any], measurements: dict[str, Any] | N
         "Ops counted together (e.g. H_post + H_res + merge, one call of our reference path) are compared with "
         "the sum of the paper's rows.",
         "The fused post/res/merge kernel of §4.3.1 reads (n+1)C and writes nC instead of (3n+1)C and 3nC.",
+        "Variants beyond the paper (mHC-lite, RMT, MUDDFormer) have no paper formula: their rows split each "
+        "connection call at the sub-layer (read: before F; write: after F) and average over all sub-layers, since "
+        "a dense connection's traffic grows with its depth.",
     ]
     if not (measurements or {}).get("traffic"):
         notes.append("No traffic measurement was found: only the paper's formulas are shown.")

@@ -237,3 +237,47 @@ def residual_maps_with(
         with parameters_swapped(conn, values):
             out.append(conn.residual_map(record["state"]))
     return out
+
+
+@torch.no_grad()
+def residual_path_deviation(model: Transformer, tokens: torch.Tensor) -> dict[str, list[float] | float]:
+    """How far the residual path alone is from the identity: with every sub-layer's output set to zero, how far each
+    sub-layer's input (and the final norm's input) is, in direction, from the embedding of the same token.
+
+    Per token t the deviation is ||u_t / ||u_t|| - h_t / ||h_t||||, with h the embedding output and u what the
+    sub-layer's pre-norm receives; its largest value over the tokens is reported per sub-layer. Direction, not
+    length: every sub-layer begins with an RMSNorm, so a residual path that scales its input (mHC's H_pre sums to
+    about 1.5 at init) still hands every F the embedding itself. 0 for the residual network, HC, mHC and MUDDFormer
+    at initialisation (their paths carry h unchanged); not 0 for RMT, whose reads K_read^T K_in are identities only
+    when its keys are orthonormal. A sub-layer that reads several inputs (MUDDFormer's query, key and value) reports
+    the largest deviation among them."""
+    h = model.embed(tokens).float()
+    unit_h = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    inputs: dict[int, float] = {}
+    handles = []
+
+    def deviation(u: torch.Tensor) -> float:
+        u = u.float()
+        return float((u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30) - unit_h).norm(dim=-1).max())
+
+    def zero_output(module, args, output):
+        return torch.zeros_like(output)
+
+    for block in model.blocks:
+        for offset, (norm, sublayer) in enumerate(((block.attn_norm, block.attn), (block.ffn_norm, block.ffn))):
+            index = 2 * block.layer_id + offset
+
+            def record(module, args, _index=index):
+                inputs[_index] = max(inputs.get(_index, 0.0), deviation(args[0]))
+
+            handles.append(norm.register_forward_pre_hook(record))
+            handles.append(sublayer.register_forward_hook(zero_output))
+    exit_deviation: list[float] = []
+    handles.append(model.norm.register_forward_pre_hook(lambda module, args: exit_deviation.append(deviation(args[0]))))
+    try:
+        model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    sublayers = [inputs[i] for i in sorted(inputs)]
+    return {"sublayers": sublayers, "exit": exit_deviation[0], "max": max([*sublayers, exit_deviation[0]])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.diagnostics import amax_gain, capture_mappings, composite_products, gains
+from models.diagnostics import amax_gain, capture_mappings, composite_products, gains, residual_path_deviation
 from models.transformer import Transformer
 from tests.helpers import tiny_config
 
@@ -76,3 +76,27 @@ def test_baseline_has_no_mappings():
     with capture_mappings(model) as records:
         model(torch.randint(0, 256, (1, 4)))
     assert records == []
+
+
+@pytest.mark.parametrize("arch", ["baseline", "hc", "mhc", "mhc-lite"])
+def test_residual_path_is_the_identity_at_init_for_identity_preserving_variants(arch):
+    """With every sub-layer's output zeroed, each sub-layer (and the final norm) reads the embedding itself."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(arch)).eval()
+    result = residual_path_deviation(model, torch.randint(0, 256, (2, 8)))
+    assert len(result["sublayers"]) == 2 * model.cfg.n_layers
+    assert result["max"] < 1e-5
+
+
+def test_residual_path_deviation_sees_a_broken_identity():
+    """RMT's independent random keys read back a different vector than the entry stored; with every key the same
+    orthonormal matrix (RMT's reduction to the residual network) the path is the identity again."""
+    torch.manual_seed(0)
+    rmt = Transformer(tiny_config("rmt")).eval()
+    assert residual_path_deviation(rmt, torch.randint(0, 256, (2, 8)))["max"] > 0.3
+    # the deviation is restored to 0 when every key is the same orthonormal matrix (RMT's reduction)
+    with torch.no_grad():
+        for module in rmt.connection_modules():
+            for p in module.parameters():
+                p.copy_(torch.eye(*p.shape))
+    assert residual_path_deviation(rmt, torch.randint(0, 256, (2, 8)))["max"] < 1e-5

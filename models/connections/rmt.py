@@ -28,8 +28,11 @@ variant):
 - Initialisation: the reference draws keys N(0, (0.02 / sqrt(fan_in))^2) with muP multipliers and scales the
   sub-layers' write keys by 1 / sqrt(2 L) (there they are also the attention's/MLP's output projection). Here F keeps
   its own output projection with the shared init, and every key entry is N(0, 1 / fan_in): reads (fan-in D_k) and
-  entry/writes (fan-in R) then preserve norms on average (K_read^T K_write ~ I for D_k >> R), so the model starts
-  near the plain residual network, with sub-layer outputs weighted as in the baseline (no depth scaling).
+  entry/writes (fan-in R) then preserve norms on average, with sub-layer outputs weighted as in the baseline (no
+  depth scaling). The keys are independent draws, so a read does not retrieve what the entry or an earlier write
+  stored (E[K_read^T K_in] = 0): unlike the other variants, RMT does not start as the residual network, and it must
+  learn matching keys (models/diagnostics.py `residual_path_deviation` measures this; see the reduction below for
+  keys that do match).
 
 The entry and exit keys belong to no sub-layer: they live in `RMTEnds`, the model's top-level `connection_ends`
 (see `Connection.ends`), so FSDP's per-block sharding leaves them whole during the model's forward.
