@@ -42,3 +42,5 @@ rule all:
         run_files("eval.json", "evaluation"),
         run_files("checkpoint_losses.json", "token_scaling"),
         run_files("mappings.json", "mappings"),
+        run_files("jacobian_gain.json", "depth_sweep"),
+        run_files("jacobian_gain.json", "stress"),

@@ -29,6 +29,7 @@ TABLES: tuple[Artifact, ...] = (
     Artifact("table4_benchmarks", "Table 4"),
     Artifact("table5_configs", "Table 5"),
     Artifact("overhead", "§4.3"),
+    Artifact("beyond_paper"),
 )
 """The tables, in the order the report embeds them (the per-item benchmark table right after the ablation)."""
 
@@ -41,6 +42,8 @@ FIGURES: tuple[Artifact, ...] = (
     Artifact("fig6_scaling", "Fig. 6", "Fig. 6: compute and token scaling"),
     Artifact("fig7_mhc_amax", "Fig. 7", "Fig. 7: mHC Amax gain, single-layer and composite"),
     Artifact("fig8_mappings", "Fig. 8", "Fig. 8: learned H_res matrices"),
+    Artifact("fig_beyond_depth", "", "Beyond the paper: loss gap and gains against depth"),
+    Artifact("fig_beyond_stress", "", "Beyond the paper: the LR stress test for every variant"),
 )
 """The figures, in the order the report shows them (our two checks first)."""
 

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter  # noqa: E402
 
-from . import paper, results  # noqa: E402
+from . import beyond, paper, results  # noqa: E402
 from .artifacts import FIGURE_NAMES  # noqa: E402
 from .plan import lr_variant  # noqa: E402
 from .stability import WARMUP_FRACTION, lr_sweep_runs, planned_steps  # noqa: E402
@@ -897,8 +897,22 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
     if present.empty:
         message = "The LR sweep is planned, but none of its runs has left any output yet."
         return not_run_figure(title, message, note), f"{NOT_RUN}: no LR-sweep run has output"
-    variants = list(sweep["variants"])
-    multipliers = sorted(float(m) for m in sweep["multipliers"])
+    return draw_stress_test(index, present, list(sweep["variants"]), list(sweep["multipliers"]), scale, title, note)
+
+
+def draw_stress_test(
+    index: dict[str, Any],
+    present: pd.DataFrame,
+    variants: list[str],
+    multipliers: Sequence[float],
+    scale: str | None,
+    title: str,
+    note: str,
+) -> tuple[Figure, str]:
+    """The three panels of a learning-rate stress test from its runs with output (`present`: one row per run with
+    variant, multiplier, seed, status, final_val_loss, max_grad_norm), for the LR sweep and the section beyond the
+    paper alike."""
+    multipliers = sorted(float(m) for m in multipliers)
     colors = {v: color_of(v, variants) for v in variants}
     jitter = {v: 1.07 ** (k - (len(variants) - 1) / 2) for k, v in enumerate(variants)}  # keeps the seeds apart
     fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(16, 5.0))
@@ -1029,6 +1043,111 @@ def fig_lr_sweep(index: dict[str, Any]) -> tuple[Figure, str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Beyond the paper: rival designs and mHC-lite, depth sweep and stress test
+
+BEYOND_NOTE = (
+    "paper: no counterpart. The paper dismisses RMT and MUDDFormer (no identity mapping, so unstable) without an "
+    "experiment and shows one depth per scale."
+)
+
+
+def fig_beyond_stress(index: dict[str, Any]) -> tuple[Figure, str]:
+    """The LR stress test of every variant of the section beyond the paper (the LR sweep's panels)."""
+    section = index.get("beyond_paper") or {}
+    stress = section.get("stress") or {}
+    scale = stress.get("scale")
+    title = _title(index, "Beyond the paper: LR stress test", scale, f"seeds {stress.get('seeds')}" if stress else "")
+    if not stress:
+        message = "This tier has no stress test beyond the paper (no `beyond_paper.stress` section)."
+        return not_run_figure(title, message, BEYOND_NOTE), f"{NOT_RUN}: no beyond_paper.stress"
+    points = beyond.stress_runs(index)
+    present = points[points["status"].isin(beyond.ENDED)]
+    if present.empty:
+        message = "The stress test is planned, but none of its runs has left any output yet."
+        return not_run_figure(title, message, BEYOND_NOTE), f"{NOT_RUN}: no stress-test run has output"
+    multipliers = sorted({1.0, *(float(m) for m in stress["multipliers"])})
+    return draw_stress_test(index, present, list(section["variants"]), multipliers, scale, title, BEYOND_NOTE)
+
+
+def fig_beyond_depth(index: dict[str, Any]) -> tuple[Figure, str]:
+    """Against depth (sub-layers, log2): (a) the paired loss gap to the baseline (mean, 95% CI over seeds; diverged
+    runs as x); (b) the composite Jacobian forward gain and (c) backward gain through the whole depth, after training
+    (solid) and at initialisation (dashed); (d) the composite Amax gain of the variants with an H_res (the paper's
+    Fig. 3/7 measure), beside them."""
+    section = index.get("beyond_paper") or {}
+    scales = " / ".join(p["scale"] for p in section.get("depths") or []) or None
+    title = _title(index, "Beyond the paper: depth sweep", scales, f"seeds {section.get('seeds')}" if section else "")
+    if not section:
+        message = "This tier has no `beyond_paper` section."
+        return not_run_figure(title, message, BEYOND_NOTE), f"{NOT_RUN}: no beyond_paper section"
+    runs = beyond.depth_runs(index)
+    table = beyond.depth_table(runs)
+    if table.empty:
+        message = "The depth sweep is planned, but none of its runs has left any output yet."
+        return not_run_figure(title, message, BEYOND_NOTE), f"{NOT_RUN}: no depth-sweep run has output"
+    variants = list(section["variants"])
+    colors = {v: color_of(v, variants) for v in variants}
+    depths = sorted(int(p["sublayers"]) for p in section.get("depths") or [])
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8))
+    ax_gap, ax_fwd, ax_bwd, ax_amax = axes
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(min(depths) / 1.4, max(depths) * 1.4)
+        ax.set_xlabel("depth (sub-layers, log2)")
+    for variant in variants:
+        mine = table[table["variant"] == variant].sort_values("sublayers")
+        if mine.empty:
+            continue
+        color = colors[variant]
+        if variant != "baseline":
+            ok = mine[np.isfinite(mine["gap"].astype(float))]
+            ax_gap.errorbar(ok["sublayers"], ok["gap"], yerr=ok["gap_ci"].fillna(0), color=color, marker="o", ms=4,
+                            lw=1.5, capsize=3, label=label_of(variant))  # fmt: skip
+        for _, row in mine[mine["diverged"] > 0].iterrows():
+            ax_gap.plot(row["sublayers"], 0.96, "x", ms=9, mew=2, color=color, transform=ax_gap.get_xaxis_transform())
+        for ax, name in ((ax_fwd, "composite_fwd"), (ax_bwd, "composite_bwd")):
+            for phase, style in (("final", "-"), ("init", "--")):
+                values = mine[f"{phase}_{name}"].astype(float)
+                ok = np.isfinite(values)
+                if ok.any():
+                    ax.plot(mine["sublayers"][ok], values[ok], style, color=color, marker="o", ms=3.5, lw=1.4,
+                            label=label_of(variant) if phase == "final" else None)  # fmt: skip
+        amax = mine["amax_composite"].astype(float)
+        if np.isfinite(amax).any():
+            ok = np.isfinite(amax)
+            ax_amax.plot(
+                mine["sublayers"][ok], amax[ok], color=color, marker="o", ms=4, lw=1.5, label=label_of(variant)
+            )
+    ax_gap.axhline(0, color="k", lw=0.8)
+    ax_gap.set_ylabel("final val loss − baseline (nats/token)")
+    ax_gap.set_title("(a) loss gap to the baseline (mean, 95% CI; x: a run diverged)", fontsize=9)
+    for ax, what in ((ax_fwd, "forward ||J v|| / ||v||"), (ax_bwd, "backward ||u^T J|| / ||u||")):
+        ax.set_yscale("log")
+        ax.axhline(1, color="k", lw=0.8, ls=":")
+        ax.set_ylabel(f"composite Jacobian gain, {what} (log)")
+    ax_fwd.set_title("(b) Jacobian forward gain, whole depth (solid: trained, dashed: init)", fontsize=9)
+    ax_bwd.set_title("(c) Jacobian backward gain, whole depth (solid: trained, dashed: init)", fontsize=9)
+    ax_amax.set_yscale("log")
+    ax_amax.axhline(1, color="k", lw=0.8, ls=":")
+    ax_amax.set_ylabel("composite Amax gain, max of fwd/bwd (log)")
+    ax_amax.set_title("(d) composite Amax gain of H_res (the paper's measure; trained)", fontsize=9)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            _panel_empty(ax, "nothing measured yet")
+    missing = [label_of(v) for v in variants if table[table["variant"] == v].empty]
+    counts = runs["status"].value_counts().to_dict()
+    note = BEYOND_NOTE + " Runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + "."
+    fig.suptitle(title, fontsize=10)
+    _note(fig, note)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    return fig, "ok" if not missing else f"partial: {', '.join(missing)} {NOT_RUN}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[Figure, str]]] = {
     "fig_mechanism": fig_mechanism,
@@ -1039,6 +1158,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[Figure, str]]] = {
     "fig6_scaling": fig6_scaling,
     "fig7_mhc_amax": fig7_mhc_amax,
     "fig8_mappings": fig8_mappings,
+    "fig_beyond_depth": fig_beyond_depth,
+    "fig_beyond_stress": fig_beyond_stress,
 }
 """Figure name (analysis/artifacts.py, in its order) -> the function that draws it."""
 

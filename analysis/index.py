@@ -1,9 +1,10 @@
 """`python -m analysis.index --plan results/analysis/plan.json --out results/analysis/runs.json`.
 
 Joins the experiment plan with what the runs left on disk (each run's `final.json`, `metrics.jsonl`,
-`diagnostics.jsonl`, `eval.json`, `checkpoint_losses.json`, `mappings.json`) into the one index every table,
-figure and the report read. Files only, never the MLflow database: the artifacts rebuild without a tracking server.
-A run the plan asks for but that left nothing is listed with status "missing", never silently dropped.
+`diagnostics.jsonl`, `eval.json`, `checkpoint_losses.json`, `mappings.json`, `jacobian_gain.json`) into the one
+index every table, figure and the report read. Files only, never the MLflow database: the artifacts rebuild without
+a tracking server. A run the plan asks for but that left nothing is listed with status "missing", never silently
+dropped.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def run_entry(key: str, run: dict[str, Any]) -> dict[str, Any]:
         eval=present("eval.json"),
         checkpoint_losses=present("checkpoint_losses.json"),
         mappings=present("mappings.json"),
+        jacobian_gain=present("jacobian_gain.json"),
     )
     return entry
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from common.files import atomic_write_text
 
-from . import paper
+from . import beyond, paper
 from .artifacts import FIGURES, TABLE_NAMES
 from .results import (
     all_runs,
@@ -123,27 +123,29 @@ def verdict_negative_gap(gaps: Sequence[float], paper_value: float, mechanism: b
     return INCONCLUSIVE, f"95% CI contains both 0 and the paper's {paper_value:+g}"
 
 
-def verdict_instability(cells: Sequence[tuple[bool, bool]], any_unstable: bool) -> tuple[str, str]:
-    """HC unstable, mHC not: `cells` holds (HC unstable, mHC unstable) per (learning rate, seed) of the LR sweep;
-    `any_unstable` says whether the sweep made any run of any variant unstable. Decided by a one-sided sign test on
-    the discordant cells."""
+def verdict_instability(
+    cells: Sequence[tuple[bool, bool]], any_unstable: bool, a: str = "HC", b: str = "mHC"
+) -> tuple[str, str]:
+    """`a` unstable, `b` not (HC and mHC by default): `cells` holds (a unstable, b unstable) per (learning rate, seed)
+    cell of a stress test; `any_unstable` says whether the stress made any run of any variant unstable. Decided by a
+    one-sided sign test on the discordant cells."""
     if not cells:
-        return INCONCLUSIVE, "no LR sweep cell with both an HC and an mHC run"
+        return INCONCLUSIVE, f"no stress-test cell with both an {a} and an {b} run"
     if not any_unstable:
         return INCONCLUSIVE, "the sweep provoked no instability in any variant: the stress test did not bite"
-    hc_only = sum(h and not m for h, m in cells)
-    mhc_only = sum(m and not h for h, m in cells)
-    if hc_only + mhc_only == 0:
-        if any(h and m for h, m in cells):
-            return CONTRADICTED, "mHC was unstable in every cell where HC was"
-        return INCONCLUSIVE, "neither HC nor mHC became unstable in any cell (only other variants did)"
-    # One sign test in the direction the cells lean: reproduced when HC alone is unstable significantly more often,
-    # contradicted when mHC alone is; a tie or a few cells are no evidence either way.
-    hc_leads = hc_only > mhc_only
-    p = sign_test_p(max(hc_only, mhc_only), hc_only + mhc_only)
-    counts = f"HC alone unstable in {hc_only} of {len(cells)} cells, mHC alone in {mhc_only}"
+    a_only = sum(x and not y for x, y in cells)
+    b_only = sum(y and not x for x, y in cells)
+    if a_only + b_only == 0:
+        if any(x and y for x, y in cells):
+            return CONTRADICTED, f"{b} was unstable in every cell where {a} was"
+        return INCONCLUSIVE, f"neither {a} nor {b} became unstable in any cell (only other variants did)"
+    # One sign test in the direction the cells lean: reproduced when `a` alone is unstable significantly more often,
+    # contradicted when `b` alone is; a tie or a few cells are no evidence either way.
+    a_leads = a_only > b_only
+    p = sign_test_p(max(a_only, b_only), a_only + b_only)
+    counts = f"{a} alone unstable in {a_only} of {len(cells)} cells, {b} alone in {b_only}"
     if p < SIGN_TEST_ALPHA:
-        return (REPRODUCED if hc_leads else CONTRADICTED), f"{counts}; sign test p = {p:.3f}"
+        return (REPRODUCED if a_leads else CONTRADICTED), f"{counts}; sign test p = {p:.3f}"
     return INCONCLUSIVE, f"{counts}; sign test p = {p:.3f} ≥ {SIGN_TEST_ALPHA:g}"
 
 
@@ -408,7 +410,7 @@ class ClaimInputs:
 
 
 def _num(value: float | None, spec: str = ".3g") -> str:
-    return "n/a" if value is None else format(value, spec)
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
 def claim_final_loss(c: ClaimInputs) -> Claim:
@@ -552,6 +554,39 @@ def claim_overhead(c: ClaimInputs) -> Claim:
     )
 
 
+def claim_rivals(c: ClaimInputs) -> Claim:
+    """Claim 10: RMT and MUDDFormer give up the identity mapping of the residual connection and therefore train
+    unstably (the paper's argument for dismissing them, made without an experiment). Tested on the section beyond the
+    paper: the identity at initialisation measured, and the instability as in claim 2, the rivals against mHC over
+    every (depth or learning rate, seed) cell of the depth sweep and the stress test."""
+    verdicts = {v["variant"]: v for v in beyond.variant_verdicts(c.index)}
+    archs = (c.index.get("beyond_paper") or {}).get("archs") or {}
+    rivals = [v for v, arch in archs.items() if arch in beyond.RIVAL_ARCHS]
+    cells = [cell for rival in rivals for cell in beyond.instability_cells(c.index, rival, "mhc")]
+    ran = [v for v in rivals if verdicts.get(v, {}).get("runs")]
+    if not ran:
+        verdict, why = INCONCLUSIVE, "no run of RMT or MUDDFormer in this tier (config `beyond_paper`)"
+    else:
+        any_unstable = any(v["unstable"] for v in verdicts.values())
+        verdict, why = verdict_instability(cells, any_unstable, "RMT/MUDDFormer", "mHC")
+
+    def ours(v: dict[str, Any]) -> str:
+        identity = v["identity_at_init"]
+        kept = "not measured" if identity is None else ("kept" if identity else "lost")
+        return (
+            f"{v['variant']}: identity at init {kept} (deviation {_num(v['identity_deviation'])}), "
+            f"{v['unstable']} of {v['runs']} runs unstable ({v['diverged']} diverged)"
+        )
+
+    return Claim(
+        "10. RMT and MUDDFormer lose the identity mapping and train unstably",
+        "stated without an experiment (§1-2)",
+        "; ".join(ours(verdicts[v]) for v in ran) or "not run",
+        verdict,
+        why,
+    )
+
+
 CLAIMS: tuple[Callable[[ClaimInputs], Claim], ...] = (
     claim_final_loss,
     claim_instability,
@@ -563,6 +598,7 @@ CLAIMS: tuple[Callable[[ClaimInputs], Claim], ...] = (
     claim_compute_scaling,
     claim_token_scaling,
     claim_overhead,
+    claim_rivals,
 )
 """The paper's claims in the report's order: each function gives one row (the paper's number, ours, the verdict)."""
 
@@ -902,6 +938,72 @@ def lr_sweep_section(index: dict[str, Any]) -> list[str]:
     return lines
 
 
+EXPLODING_GAIN = 10.0
+"""A composite gain counts as exploding from this value on (the depth sweep's "where does HC's gain explode")."""
+
+
+def beyond_section(index: dict[str, Any]) -> list[str]:
+    """Per variant of the section beyond the paper: identity at init, divergence, the gains at the deepest point, the
+    loss gap per depth; and the depth at which each variant's composite gain first explodes."""
+    lines = ["## Beyond the paper: RMT, MUDDFormer, mHC-lite and depth", ""]
+    section = index.get("beyond_paper") or {}
+    if not section:
+        return lines + ["This tier has no `beyond_paper` section."]
+    table = beyond.depth_table(beyond.depth_runs(index))
+    depths = [int(p["sublayers"]) for p in section.get("depths") or []]
+    stress = section.get("stress") or {}
+    lines += [
+        f"Every variant on the shared core and recipe at {', '.join(map(str, depths))} sub-layers (seeds "
+        f"{section.get('seeds')})"
+        + (
+            f" and at {', '.join(f'{m:g}×' for m in stress.get('multipliers') or [])} the learning rate at "
+            f"`{stress.get('scale')}` (seeds {stress.get('seeds')})"
+            if stress
+            else ""
+        )
+        + ". Identity at init: with every sub-layer's output zeroed, does each sub-layer read the token's embedding "
+        f"(largest deviation ≤ {beyond.IDENTITY_TOLERANCE:g})? Composite gain: the Jacobian forward gain of a random "
+        "perturbation of the residual state through the whole depth (models/jacobian_gain.py), at the deepest point.",
+        "",
+        "| variant | identity at init (deviation) | runs | unstable | diverged | composite gain at init | "
+        "trained | " + " | ".join(f"gap @ {d}" for d in depths) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(depths),
+    ]
+    for v in beyond.variant_verdicts(index):
+        identity = v["identity_at_init"]
+        kept = "n/a" if identity is None else ("yes" if identity else "**no**")
+        gaps = []
+        for d in depths:
+            row = table[(table["variant"] == v["variant"]) & (table["sublayers"] == d)] if not table.empty else table
+            if v["variant"] == "baseline" or row.empty or not is_number(row["gap"].iloc[0]):
+                gaps.append("")
+                continue
+            ci = row["gap_ci"].iloc[0]
+            gaps.append(f"{row['gap'].iloc[0]:+.3f}" + (f" ± {ci:.3f}" if is_number(ci) else ""))
+        lines.append(
+            f"| {v['variant']} | {kept} ({_num(v['identity_deviation'])}) | {v['runs']} | {v['unstable']} | "
+            f"{v['diverged']} | {_num(v['init_composite_fwd'])} | {_num(v['final_composite_fwd'])} | "
+            + " | ".join(gaps)
+            + " |"
+        )
+    lines.append("")
+    for measure, label in (("amax_composite", "composite Amax gain"), ("final_composite_fwd", "Jacobian gain")):
+        explode = []
+        for variant in section.get("variants") or []:
+            mine = table[table["variant"] == variant].sort_values("sublayers") if not table.empty else table
+            values = [(int(r["sublayers"]), r[measure]) for _, r in mine.iterrows() if is_number(r[measure])]
+            values = [(d, g) for d, g in values if np.isfinite(g)]
+            if not values:
+                continue
+            first = next((d for d, g in values if g >= EXPLODING_GAIN), None)
+            curve = ", ".join(f"{d}: {g:.3g}" for d, g in values)
+            where = f"≥ {EXPLODING_GAIN:g} from {first} sub-layers" if first else f"< {EXPLODING_GAIN:g} at every depth"
+            explode.append(f"{variant} {where} ({curve})")
+        if explode:
+            lines.append(f"- **Where the {label} explodes** (trained, median over seeds): " + "; ".join(explode) + ".")
+    return lines
+
+
 def power_section(index: dict[str, Any]) -> list[str]:
     ev = power_evidence(index)
     lines = ["## What this tier can detect (power)", ""]
@@ -1171,6 +1273,7 @@ def build_report(
         loss_section(index),
         init_ablation_section(index),
         lr_sweep_section(index),
+        beyond_section(index),
         runs_section(index),
         figures_section(figures, report_dir),
         tables_section(tables),

@@ -236,6 +236,16 @@ register(
     )
 )
 
+# The smoke tier's second depth: tiny at 4 blocks.
+register(
+    dataclasses.replace(
+        SCALES["tiny"],
+        name="tiny-d4",
+        model=dataclasses.replace(SCALES["tiny"].model, n_layers=4),
+        description="unit-test model at 4 blocks (the smoke tier's depth sweep)",
+    )
+)
+
 
 def get_scale(name: str) -> Scale:
     try:

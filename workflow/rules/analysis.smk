@@ -49,6 +49,34 @@ rule mappings:
         "OMP_NUM_THREADS={threads} python -m analysis.mappings --run {params.run_dir} --out {output} > {log} 2>&1"
 
 
+rule jacobian_gain:
+    """Jacobian gains (forward and backward, per sub-layer and through the whole depth) of a run of the section beyond
+    the paper, after training and at initialisation, and whether its residual path is the identity at init."""
+    input:
+        summary=f"{RUN}/final.json",
+    output:
+        f"{RUN}/jacobian_gain.json",
+    params:
+        run_dir=run_folder,
+        gain=lambda wc: " ".join(
+            f"--{key} {value}" for key, value in ((config.get("beyond_paper") or {}).get("gain") or {}).items()
+        ),
+    log:
+        f"{RESULTS}/logs/jacobian_gain/{RUN_LOG}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/jacobian_gain/{RUN_LOG}.tsv"
+    threads: 1
+    resources:
+        gpu=one_gpu,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/mhc.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m analysis.jacobian_gain --run {params.run_dir} {params.gain} "
+        "--out {output} > {log} 2>&1"
+
+
 rule measure:
     """Step-time overhead (HC, mHC vs baseline), saved activations with and without recomputation (Table 3) and
     memory traffic per token (Table 2). Takes every core so that nothing else of this workflow runs during the timing
@@ -103,6 +131,7 @@ rule index:
         evals=run_files("eval.json", "evaluation"),
         checkpoint_losses=run_files("checkpoint_losses.json", "token_scaling"),
         mappings=run_files("mappings.json", "mappings"),
+        jacobian_gains=sorted({*run_files("jacobian_gain.json", "depth_sweep"), *run_files("jacobian_gain.json", "stress")}),
     output:
         f"{RESULTS}/analysis/runs.json",
     log:
