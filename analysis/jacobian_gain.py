@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=4, help="random directions per gain (default 4)")
     parser.add_argument("--power-iters", type=int, default=0, help="power iterations for sigma_max (default 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
     for name in ("batch", "seq", "probes"):
         if getattr(args, name) < 1:

@@ -235,6 +235,7 @@ def test_every_variant_is_measured_and_its_settings_restored(arch):
     assert model.cfg.connection.kernels == kernels
     assert all(c.cfg.kernels == kernels for c in model.connection_modules())
     assert not _UNROLLED.get() and not _PADDED.get()
+    assert all(p.grad is None for p in model.parameters())  # nothing accumulated into the model
 
 
 def test_eager_mode_restores_after_an_error():
