@@ -15,6 +15,10 @@ weights are stacked on the fly, a copy of the routed weights per forward (small 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +29,19 @@ from .layers import SwiGLU
 # One op for all experts' matmuls over rows sorted by expert (torch >= 2.10); older torch takes the padded
 # batched-matmul path below.
 _grouped_mm = getattr(F, "grouped_mm", None)
+# Set by `padded_experts()`: every MoE takes the padded batched-matmul path.
+_PADDED: ContextVar[bool] = ContextVar("padded_experts", default=False)
+
+
+@contextmanager
+def padded_experts() -> Iterator[None]:
+    """Inside, the routed experts run as batched matmuls over zero-padded blocks instead of grouped_mm (the same
+    function): grouped_mm has no forward-mode AD, which the Jacobian gain diagnostics (models/jacobian_gain.py) need."""
+    token = _PADDED.set(True)
+    try:
+        yield
+    finally:
+        _PADDED.reset(token)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -39,7 +56,7 @@ def _can_group(device: torch.device, dtype: torch.dtype, *widths: int) -> bool:
     """Whether grouped_mm takes these operands: CPU or CUDA, float32 / bfloat16 / float16, and rows that start
     on 16-byte boundaries, i.e. every matrix width (the model's, the expert's) a multiple of 16 bytes. Anything
     else (float64, odd widths, older torch, other devices) takes the padded path."""
-    if _grouped_mm is None or device.type not in ("cpu", "cuda"):
+    if _grouped_mm is None or _PADDED.get() or device.type not in ("cpu", "cuda"):
         return False
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False

@@ -19,8 +19,27 @@ hand-written reverse pass in `sinkhorn_fast`, the CPU path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch.autograd.function import once_differentiable
+
+# Set by `unrolled_sinkhorn()`: `sinkhorn_fast` then runs the unrolled `sinkhorn` (forward-mode AD, double backward).
+_UNROLLED: ContextVar[bool] = ContextVar("unrolled_sinkhorn", default=False)
+
+
+@contextmanager
+def unrolled_sinkhorn() -> Iterator[None]:
+    """Inside, `sinkhorn_fast` is the unrolled `sinkhorn`: the same map, differentiable to any order and in forward
+    mode (the hand-written `_Sinkhorn` has a once-differentiable backward and no jvp). The Jacobian gain diagnostics
+    (models/jacobian_gain.py) measure inside it."""
+    token = _UNROLLED.set(True)
+    try:
+        yield
+    finally:
+        _UNROLLED.reset(token)
 
 
 def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 0.0) -> torch.Tensor:
@@ -75,7 +94,7 @@ class _Sinkhorn(torch.autograd.Function):
 
 def sinkhorn_fast(logits: torch.Tensor, iters: int = 20, eps: float = 0.0) -> torch.Tensor:
     """The same map as `sinkhorn` with a hand-written backward for eps = 0 (see `_Sinkhorn`); tested against
-    `sinkhorn`. With eps > 0 it is `sinkhorn` itself."""
-    if eps or iters < 1:
+    `sinkhorn`. With eps > 0 (or inside `unrolled_sinkhorn()`) it is `sinkhorn` itself."""
+    if eps or iters < 1 or _UNROLLED.get():
         return sinkhorn(logits, iters, eps)
     return _Sinkhorn.apply(logits, iters)
