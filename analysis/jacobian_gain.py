@@ -5,7 +5,8 @@ trainer builds it: `torch.manual_seed(seed)`, then `Transformer(model_config)`),
 composite forward (JVP) and backward (VJP) gains of the residual state (models/jacobian_gain.py, where they are
 defined) in float32 on the first validation windows of the run's data (`--batch` sequences of `--seq` tokens;
 a seeded batch of random token ids when the run's shards are gone, recorded as `"tokens": "random"`). Writes one
-JSON: {"run", "variant", "arch", "sublayers", "settings", "tokens", "init": {...}, "final": {...}}.
+JSON: {"run", "variant", "arch", "sublayers", "settings", "tokens", "init": {...}, "final": {...}}; "init" and "final"
+also say how far the residual path alone is from the identity (models/diagnostics.py `residual_path_deviation`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from common.files import atomic_write_text
 from common.gpu_slots import GpuSlotError, resolve_device
 from models.config import model_config_from_record
+from models.diagnostics import residual_path_deviation
 from models.jacobian_gain import jacobian_gains
 from models.transformer import Transformer
 from training.checkpoint import CheckpointError
@@ -115,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         model = build().float()
         start = time.perf_counter()
         gains = jacobian_gains(model, tokens, probes=args.probes, seed=args.seed, power_iters=args.power_iters)
-        result[name] = {**gains, "seconds": round(time.perf_counter() - start, 3)}
+        # is the residual path alone (every sub-layer's output zeroed) the identity?
+        identity = residual_path_deviation(model.eval(), tokens)
+        result[name] = {**gains, "identity_path": identity, "seconds": round(time.perf_counter() - start, 3)}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -291,6 +291,8 @@ def test_cli_writes_init_and_final_gains_of_a_trained_run(tmp_path, shards):
         assert len(result[name]["composite_fwd"]) == 4
         assert set(result[name]["summary"]) >= {"max_single_fwd", "final_composite_fwd", "final_composite_bwd"}
     assert result["init"]["composite_fwd"] != result["final"]["composite_fwd"]
+    # mHC's residual path hands every sub-layer the embedding itself at init
+    assert len(result["init"]["identity_path"]["sublayers"]) == 4 and result["init"]["identity_path"]["max"] < 1e-4
 
     # the rebuilt model at init is the trainer's
     sidecar = json.loads((run / "model" / "model.json").read_text())
