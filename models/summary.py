@@ -4,7 +4,7 @@ are allocated).
     python -m models.summary --scale paper-3b --arch mhc [--set connection.n=2 ...]
 
 prints one JSON object with total, active, embedding and connection parameter counts, the number of
-connection parameters the mHC/HC/RMT equations imply, and, for the paper's scales, Table 5's numbers and
+connection parameters the mHC/HC/RMT/MUDD equations imply, and, for the paper's scales, Table 5's numbers and
 our relative difference to them.
 
 "Active" parameters follow Table 5's convention: everything a token touches except the input
@@ -37,6 +37,18 @@ def expected_connection_params(cfg: ModelConfig) -> int:
         # read and write keys [D_k, R] per sub-layer, plus the entry and exit keys of `connection_ends`
         keys = conn.rmt_key_dim * conn.rmt_rank
         return 2 * cfg.n_layers * 2 * keys + 2 * keys
+    elif conn.arch == "mudd":
+        # sub-layer l >= 1 reads W ways (4 attention, 2 FFN) of E = l + 1 entries: W1 [h, C], W2 [W E, h], B [W, E];
+        # the exit: W = 1 over E = 2L + 1 entries. h = W E (x 4 at the exit), rounded up as the reference's round64
+        def da(ways: int, entries: int, hidden: int) -> int:
+            if conn.mudd_round64:
+                hidden = (hidden // 64 + 1) * 64
+            return C * hidden + hidden * ways * entries + ways * entries
+
+        sublayers = 2 * cfg.n_layers
+        total = sum(da(4 if l % 2 == 0 else 2, l + 1, (4 if l % 2 == 0 else 2) * (l + 1)) for l in range(1, sublayers))
+        last = sublayers + 1
+        return total + da(1, last, last * (4 if conn.mudd_expand_last else 1))
     elif conn.arch in ("mhc", "mhc-lite"):
         # phi [nC, width], b [width], one alpha per learned mapping (mHC Eq. 7); width = n^2 + 2n when all learned
         # (mHC-lite: one H_res logit per permutation, n! instead of n^2)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import LayerKVCache, MultiHeadLatentAttention
+from .attention import AttentionInputs, LayerKVCache, MultiHeadLatentAttention
 from .config import ModelConfig, validate_model_config
 from .connections import Connection, StreamConnection, build_connection, connection_class
 from .connections.recompute import RecomputeBlock, optimal_block
@@ -52,11 +52,19 @@ class Block(nn.Module):
         """The block's two sub-layer steps, attention then FFN, each `state -> state` through its connection.
 
         The forward pass applies them in order; the gain diagnostics (models/jacobian_gain.py) differentiate each one
-        on its own, so that what they measure is exactly what the forward pass computes."""
+        on its own, so that what they measure is exactly what the forward pass computes.
+
+        The attention's input is one tensor, or separate query/key/value inputs (`AttentionInputs`, MUDD): then the
+        attention pre-norm (one weight) normalises each of them."""
+
+        def attend(u: torch.Tensor | AttentionInputs) -> torch.Tensor:
+            if isinstance(u, AttentionInputs):
+                q, k, v = (self.attn_norm(t) for t in u)
+                return self.attn(q, rope, cache, start_pos, key_valid, key=k, value=v)
+            return self.attn(self.attn_norm(u), rope, cache, start_pos, key_valid)
+
         return [
-            lambda state: self.attn_connection(
-                state, lambda u: self.attn(self.attn_norm(u), rope, cache, start_pos, key_valid)
-            ),
+            lambda state: self.attn_connection(state, attend),
             lambda state: self.ffn_connection(state, lambda u: self.ffn(self.ffn_norm(u))),
         ]
 
@@ -86,8 +94,8 @@ class Transformer(nn.Module):
         self.connection_cls = connection_class(cfg.connection)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        # expand after the embedding / collapse before the final norm (parameters only for RMT's entry and exit keys)
-        self.connection_ends = self.connection_cls.ends(cfg.connection, cfg.dim)
+        # expand after the embedding / collapse before the final norm (RMT's entry/exit keys, MUDD's exit DA)
+        self.connection_ends = self.connection_cls.ends(cfg.connection, cfg.dim, 2 * cfg.n_layers, cfg.norm_eps)
         self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         rope = rope_frequencies(cfg.attention.qk_rope_dim, cfg.max_seq_len, cfg.attention.rope_theta)
@@ -153,7 +161,8 @@ class Transformer(nn.Module):
         """An empty KV cache for incremental decoding of up to `max_len` positions."""
         max_len = max_len or self.cfg.max_seq_len
         ref = self.head.weight
-        return [b.attn.new_cache(batch, max_len, ref.device, ref.dtype) for b in self.blocks]
+        separate = self.connection_cls.separate_attention_inputs
+        return [b.attn.new_cache(batch, max_len, ref.device, ref.dtype, separate) for b in self.blocks]
 
     def forward(
         self,

@@ -46,7 +46,7 @@ def test_paper_table5_schedule_and_optimiser():
         assert t.tokens == pytest.approx(get_scale(name).paper["tokens"], rel=0.01)
 
 
-@pytest.mark.parametrize("arch", ["mhc", "hc", "mhc-lite", "rmt"])
+@pytest.mark.parametrize("arch", ["mhc", "hc", "mhc-lite", "rmt", "mudd"])
 def test_connection_params_are_exactly_the_equations(arch):
     base = summarize(model_config("paper-3b", "baseline"))
     s = summarize(model_config("paper-3b", arch))
@@ -138,7 +138,7 @@ def test_semantic_config_errors(overrides, message):
 def test_each_variant_has_its_own_config_class():
     from models.config import ConnectionConfig, archs, connection_config, from_dict, model_config_from_record
 
-    assert set(archs()) == {"baseline", "gain", "hc", "mhc", "mhc-lite", "rmt"}
+    assert set(archs()) == {"baseline", "gain", "hc", "mhc", "mhc-lite", "rmt", "mudd"}
     assert type(from_dict(ConnectionConfig, {"arch": "mhc", "sinkhorn_iters": 5})).__name__ == "MHCConfig"
     assert type(from_dict(ConnectionConfig, {"arch": "hc", "hc_tanh": False})).__name__ == "HCConfig"
     assert type(connection_config("gain")) is ConnectionConfig

@@ -10,7 +10,7 @@ from models.diagnostics import capture_mappings
 from models.transformer import Transformer
 from tests.helpers import tiny_config
 
-ARCHS = ["baseline", "hc", "mhc", "mhc-lite"]
+ARCHS = ["baseline", "hc", "mhc", "mhc-lite", "mudd"]
 
 
 def _final_streams(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from .gain import ResidualGain
 from .hc import HCConfig, HyperConnection
 from .mhc import ManifoldHyperConnection, MHCConfig
 from .mhc_lite import ManifoldHyperConnectionLite, MHCLiteConfig
+from .mudd import MUDDConfig, MultiwayDynamicDense
 from .residual import Residual
 from .rmt import ResidualMatrix, RMTConfig
 
@@ -21,6 +22,7 @@ VARIANTS: dict[str, tuple[type[Connection], type[ConnectionConfig]]] = {
     "mhc": (ManifoldHyperConnection, MHCConfig),
     "mhc-lite": (ManifoldHyperConnectionLite, MHCLiteConfig),
     "rmt": (ResidualMatrix, RMTConfig),
+    "mudd": (MultiwayDynamicDense, MUDDConfig),
 }
 CONNECTIONS: dict[str, type[Connection]] = {arch: cls for arch, (cls, _) in VARIANTS.items()}
 ConnectionConfig.variants.update({arch: config for arch, (_, config) in VARIANTS.items()})
@@ -46,9 +48,11 @@ __all__ = [
     "HyperConnection",
     "MHCConfig",
     "MHCLiteConfig",
+    "MUDDConfig",
     "StreamConfig",
     "ManifoldHyperConnection",
     "ManifoldHyperConnectionLite",
+    "MultiwayDynamicDense",
     "RMTConfig",
     "Residual",
     "ResidualMatrix",

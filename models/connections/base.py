@@ -7,7 +7,7 @@ the final norm. What the state is belongs to the variant:
 
 - residual: the hidden vector x, [..., C]              (x + F(x))
 - HC / mHC: n residual streams, [..., n, C]            (H_res x + H_post^T F(H_pre x))
-- DenseFormer / MUDDFormer (later): the list of all earlier layer outputs, read with dynamic weights
+- MUDDFormer: the tuple of all earlier sub-layer outputs (X_0, ..., X_l), read with dynamic weights
 - RMT: a matrix-valued residual state, [..., D_k, D_v]          (S + K_write F(K_read^T S))
 
 so new variants plug into the same block without a second transformer.
@@ -40,6 +40,10 @@ SubLayer = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Connection(nn.Module):
+    # Whether the connection may give the attention separate query/key/value inputs (`AttentionInputs`, MUDD):
+    # the model's KV cache then also keeps the value latents.
+    separate_attention_inputs = False
+
     def __init__(self, cfg: ConnectionConfig, dim: int, index: int, norm_eps: float = 1e-6):
         """`index` counts sub-layers from 0 (block b has attention 2b and FFN 2b+1); `norm_eps` is the
         model's RMSNorm epsilon, for variants that normalise the state."""
@@ -70,8 +74,9 @@ class Connection(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def ends(cls, cfg: ConnectionConfig, dim: int) -> ConnectionEnds:
-        """The module that carries the state in and out of the blocks (see `ConnectionEnds`)."""
+    def ends(cls, cfg: ConnectionConfig, dim: int, n_sublayers: int = 0, norm_eps: float = 1e-6) -> ConnectionEnds:
+        """The module that carries the state in and out of the blocks (see `ConnectionEnds`); `n_sublayers` is the
+        model's number of sub-layers (MUDD's exit reads all of their outputs)."""
         return ConnectionEnds(cls, cfg)
 
     def _keep(self, state: torch.Tensor, H_pre: torch.Tensor, H_post: torch.Tensor, H_res: torch.Tensor) -> None:

@@ -130,7 +130,7 @@ class ResidualMatrix(Connection):
         raise TypeError("RMT's exit has parameters: use the model's `connection_ends` (RMTEnds.collapse)")
 
     @classmethod
-    def ends(cls, cfg: ConnectionConfig, dim: int) -> ConnectionEnds:
+    def ends(cls, cfg: ConnectionConfig, dim: int, n_sublayers: int = 0, norm_eps: float = 1e-6) -> ConnectionEnds:
         return RMTEnds(cfg, dim)
 
     def mapping_grad_norms(self) -> dict[str, float | None]:
