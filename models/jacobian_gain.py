@@ -23,9 +23,15 @@ over the probes, `*_max` the max over them. A random direction measures the root
 `spectral` estimates the worst direction of the whole depth, sigma_max(J_{L-1} ... J_0), by power iteration on
 J^T J (a lower bound that rises toward it with the iterations).
 
-For the plain residual x + F(x), J_l = I + dF/dx; a sub-layer whose F is zero has J = I and every gain 1. For a
-dense (list) state the "identity part" of a sub-layer carries the old entries unchanged: J_l maps (v_0 .. v_l) to
-(v_0 .. v_l, dF(v)), so the tangent and the cotangent cover every entry, old and new.
+For the plain residual x + F(x), J_l = I + dF/dx; a sub-layer whose F is zero has J = I and every gain 1.
+
+A dense (list) state is measured on its newest entry, the hidden state the latest sub-layer wrote (X_l, what the
+other variants' state is): perturbations v and cotangents u are placed on the newest entry (zero on the older ones),
+and the gains read the newest entry of the result. The chain between them carries every entry, old and new (J_l maps
+(v_0 .. v_l) to (v_0 .. v_l, dX_{l+1})), so the dense paths through earlier outputs are all counted. Measured on the
+whole list instead, a gain would grow with the length of the list alone (a perturbation that every entry carries
+unchanged has norm sqrt(l + 1) times its own), which no other variant's state does. For a state that is a single
+tensor, the newest entry is the state itself.
 
 The composite curves are computed step by step (chain rule), with the tangent or cotangent renormalised after each
 sub-layer and the gain accumulated as a product, so a growth of 10^30 does not overflow float32. The backward
@@ -110,6 +116,18 @@ def _randn_like(tree: Any, generator: torch.Generator) -> Any:
     )
 
 
+def _newest(tree: Any) -> Any:
+    """The newest entry of a dense (list) state; any other state itself (see the module docstring)."""
+    return tree[-1] if isinstance(tree, (tuple, list)) and tree else tree
+
+
+def _on_newest(tree: Any) -> Any:
+    """`tree` with every entry but the newest zeroed (a dense state); any other state unchanged."""
+    if isinstance(tree, (tuple, list)) and tree:
+        return type(tree)([*(tree_map(torch.zeros_like, t) for t in tree[:-1]), tree[-1]])
+    return tree
+
+
 def _alias(tree: Any) -> Any:
     """Every leaf as a new autograd node over the same data (see the module docstring)."""
     return tree_map(lambda t: t.view_as(t), tree)
@@ -149,25 +167,30 @@ class _Graph:
 def _forward_chain(steps: Sequence[Step], states: Sequence[Any], tangent: Any) -> tuple[list[float], Any]:
     """Composite forward gains of a unit-normalised `tangent` at states[0]: one gain per step, and the last tangent
     (unit norm)."""
-    tangent, norm = _unit(tangent)
+    tangent, norm = _unit(_on_newest(tangent))
     log_gain, out = 0.0, []
     for layer, step in enumerate(steps):
         _, tangent = jvp(step, (states[layer],), (tangent,))
+        out.append(math.exp(log_gain + _log(tree_norm(_newest(tangent)))))
         tangent, norm = _unit(tangent)
-        log_gain += math.log(norm) if norm > 0 else -math.inf
-        out.append(math.exp(log_gain))
+        log_gain += _log(norm)
     return out, tangent
+
+
+def _log(norm: float) -> float:
+    return math.log(norm) if norm > 0 else -math.inf
 
 
 def _backward_chain(graph: _Graph, cotangent: Any) -> tuple[list[float], Any]:
     """Composite backward gains of `cotangent` at the last state, pulled back to the input of every step (list in
     step order), and the cotangent at the first state (unit norm)."""
-    cotangent, _ = _unit(cotangent)
+    cotangent, _ = _unit(_on_newest(cotangent))
     log_gain, out = 0.0, [0.0] * len(graph.inputs)
     for layer in range(len(graph.inputs) - 1, -1, -1):
-        cotangent, norm = _unit(graph.vjp(layer, cotangent))
-        log_gain += math.log(norm) if norm > 0 else -math.inf
-        out[layer] = math.exp(log_gain)
+        cotangent = graph.vjp(layer, cotangent)
+        out[layer] = math.exp(log_gain + _log(tree_norm(_newest(cotangent))))
+        cotangent, norm = _unit(cotangent)
+        log_gain += _log(norm)
     return out, cotangent
 
 
@@ -192,14 +215,14 @@ def measure_steps(
         curves["composite_fwd"].append(_forward_chain(steps, states, _randn_like(states[0], generator))[0])
         single = []
         for layer, step in enumerate(steps):
-            v = _randn_like(states[layer], generator)
-            single.append(tree_norm(jvp(step, (states[layer],), (v,))[1]) / tree_norm(v))
+            v = _on_newest(_randn_like(states[layer], generator))
+            single.append(tree_norm(_newest(jvp(step, (states[layer],), (v,))[1])) / tree_norm(v))
         curves["single_fwd"].append(single)
         curves["composite_bwd"].append(_backward_chain(graph, _randn_like(states[-1], generator))[0])
         single = []
         for layer in range(L):
-            u = _randn_like(states[layer + 1], generator)
-            single.append(tree_norm(graph.vjp(layer, u)) / tree_norm(u))
+            u = _on_newest(_randn_like(states[layer + 1], generator))
+            single.append(tree_norm(_newest(graph.vjp(layer, u))) / tree_norm(u))
         curves["single_bwd"].append(single)
     result: dict[str, Any] = {"sublayers": L, "probes": probes, "seed": seed}
     for name, runs in curves.items():
