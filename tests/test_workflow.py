@@ -40,13 +40,17 @@ def test_default_tier_plan_trains_each_run_once_with_all_its_roles():
     plan = build_plan(load("config.yaml"))
     runs = plan["runs"]
     # main 5 variants x 8 seeds; init ablation +3 variants x 2; LR sweep +2 multipliers x 3 variants x 3 seeds;
-    # Table 1 + hc-res, hc-res-pre x 2; compute scaling + 2 scales x 2 variants x 2 seeds
-    assert len(runs) == 40 + 6 + 18 + 4 + 8
+    # Table 1 + hc-res, hc-res-pre x 2; compute scaling + 2 scales x 2 variants x 2 seeds; beyond the paper: the
+    # depth sweep + 6 variants x 4 depths x 2 seeds less the 6 main runs at cpu-dense-d8, the stress test + 6 variants
+    # x 2 multipliers x 2 seeds less the 12 LR-sweep runs of baseline / HC / mHC
+    assert len(runs) == 40 + 6 + 18 + 4 + 8 + (48 - 6) + (24 - 12)
     mhc0 = runs["cpu-dense-d8/mhc/seed0"]
     assert set(mhc0["roles"]) == {
-        "main", "init_ablation", "lr_sweep", "compute_scaling", "token_scaling", "evaluation", "mappings"
+        "main", "init_ablation", "lr_sweep", "compute_scaling", "token_scaling", "evaluation", "mappings", "depth_sweep"
     }  # fmt: skip
-    assert runs["cpu-dense-d8/hc/seed0"]["roles"] == ["main", "lr_sweep", "ablation", "evaluation", "mappings"]
+    assert runs["cpu-dense-d8/hc/seed0"]["roles"] == [
+        "main", "lr_sweep", "ablation", "evaluation", "mappings", "depth_sweep"
+    ]  # fmt: skip
     assert mhc0["dir"] == "results/cpu/runs/cpu-dense-d8/mhc/seed0"
     rows = {r["variant"]: (r["res"], r["pre"], r["post"]) for r in plan["ablation"]["rows"]}
     assert rows == {
