@@ -58,7 +58,17 @@ from .results import (
     variant_arch,
 )
 from .stability import GRAD_SPIKE_RATIO, LOSS_SURGE_NATS, WARMUP_FRACTION, instability_cells, lr_sweep_runs
-from .stats import CI, detectable_gap, is_number, mean_ci, mean_or_none, paired_sd, seeds_needed, sign_test_p
+from .stats import (
+    CI,
+    detectable_gap,
+    is_number,
+    mean_ci,
+    mean_or_none,
+    paired_sd,
+    seeds_needed,
+    sign_test_p,
+    t_quantile,
+)
 
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
@@ -951,6 +961,7 @@ def beyond_section(index: dict[str, Any]) -> list[str]:
         return lines + ["This tier has no `beyond_paper` section."]
     table = beyond.depth_table(beyond.depth_runs(index))
     depths = [int(p["sublayers"]) for p in section.get("depths") or []]
+    seeds = list(section.get("seeds") or [])
     stress = section.get("stress") or {}
     lines += [
         f"Every variant on the shared core and recipe at {', '.join(map(str, depths))} sub-layers (seeds "
@@ -963,7 +974,17 @@ def beyond_section(index: dict[str, Any]) -> list[str]:
         )
         + ". Identity at init: with every sub-layer's output zeroed, does each sub-layer read the token's embedding "
         f"(largest deviation ≤ {beyond.IDENTITY_TOLERANCE:g})? Composite gain: the Jacobian forward gain of a random "
-        "perturbation of the residual state through the whole depth (models/jacobian_gain.py), at the deepest point.",
+        "perturbation of the residual state through the whole depth (models/jacobian_gain.py), at the deepest point. "
+        "Gap: final validation loss minus the baseline's at the same depth and seed, mean ± 95% CI over the seeds "
+        "(* where the CI excludes 0)"
+        + (
+            f"; with {len(seeds)} seeds the CI reaches {t_quantile(len(seeds) - 1):.3g} × the paired SD / "
+            f"√{len(seeds)} on each side, so only large gaps are detected: the depth sweep shows trends, its "
+            "divergences and gains are the evidence"
+            if len(seeds) >= 2
+            else ""
+        )
+        + ".",
         "",
         "| variant | identity at init (deviation) | runs | unstable | diverged | composite gain at init | "
         "trained | " + " | ".join(f"gap @ {d}" for d in depths) + " |",
@@ -978,8 +999,9 @@ def beyond_section(index: dict[str, Any]) -> list[str]:
             if v["variant"] == "baseline" or row.empty or not is_number(row["gap"].iloc[0]):
                 gaps.append("")
                 continue
-            ci = row["gap_ci"].iloc[0]
-            gaps.append(f"{row['gap'].iloc[0]:+.3f}" + (f" ± {ci:.3f}" if is_number(ci) else ""))
+            gap, ci = row["gap"].iloc[0], row["gap_ci"].iloc[0]
+            detected = is_number(ci) and abs(gap) > ci  # the 95% CI excludes 0
+            gaps.append(f"{gap:+.3f}" + (f" ± {ci:.3f}" if is_number(ci) else "") + (" *" if detected else ""))
         lines.append(
             f"| {v['variant']} | {kept} ({_num(v['identity_deviation'])}) | {v['runs']} | {v['unstable']} | "
             f"{v['diverged']} | {_num(v['init_composite_fwd'])} | {_num(v['final_composite_fwd'])} | "
