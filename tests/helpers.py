@@ -17,3 +17,22 @@ def tiny_config(arch: str = "baseline", moe: bool = False, **connection) -> Mode
         )
         cfg = dataclasses.replace(cfg, ffn=ffn)
     return cfg
+
+
+def tiny_run_overrides(arch: str, shards, steps: int) -> list[str]:
+    """The `key=value` list of a few-step training run of the tiny scale (the variants' trainer smoke tests)."""
+    return [
+        "scale=tiny",
+        f"arch={arch}",
+        "seed=0",
+        f"data.shards_dir={shards}",
+        f"train.steps={steps}",
+        "train.batch_size=4",
+        "train.seq_len=32",
+        "train.warmup_steps=2",
+        "run.diag_interval=3",
+        f"run.eval_interval={steps}",
+        "run.eval_batches=1",
+        "run.ckpt_interval=1000",
+        "run.progress=false",
+    ]

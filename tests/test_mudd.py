@@ -24,6 +24,7 @@ from models.registry import model_config
 from models.summary import expected_connection_params, summarize
 from models.transformer import Transformer
 from tests.conftest import needs_corpus
+from tests.helpers import tiny_run_overrides
 from training.config import load_run_config
 from training.trainer import Trainer
 
@@ -279,24 +280,7 @@ def test_init_weights_redraws_every_da_from_the_seed():
 @needs_corpus
 def test_tiny_model_trains_through_the_trainer(shards: Path, tmp_path: Path):
     steps = 6
-    cfg = load_run_config(
-        None,
-        [
-            "scale=tiny",
-            "arch=mudd",
-            "seed=0",
-            f"data.shards_dir={shards}",
-            f"train.steps={steps}",
-            "train.batch_size=4",
-            "train.seq_len=32",
-            "train.warmup_steps=2",
-            "run.diag_interval=3",
-            f"run.eval_interval={steps}",
-            "run.eval_batches=1",
-            "run.ckpt_interval=1000",
-            "run.progress=false",
-        ],
-    )
+    cfg = load_run_config(None, tiny_run_overrides("mudd", shards, steps))
     assert isinstance(cfg.model.connection, MUDDConfig)
     trainer = Trainer(cfg, tmp_path)
     w2_before = trainer.model.connection_ends.da.w2.detach().clone()

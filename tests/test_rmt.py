@@ -19,6 +19,7 @@ from models.registry import model_config
 from models.summary import expected_connection_params, summarize
 from models.transformer import Transformer
 from tests.conftest import needs_corpus
+from tests.helpers import tiny_run_overrides
 from training.config import load_run_config
 from training.trainer import Trainer
 
@@ -197,24 +198,7 @@ def test_run_config_file_with_an_mhc_field_is_refused(tmp_path):
 @needs_corpus
 def test_tiny_model_trains_through_the_trainer(shards: Path, tmp_path: Path):
     steps = 6
-    cfg = load_run_config(
-        None,
-        [
-            "scale=tiny",
-            "arch=rmt",
-            "seed=0",
-            f"data.shards_dir={shards}",
-            f"train.steps={steps}",
-            "train.batch_size=4",
-            "train.seq_len=32",
-            "train.warmup_steps=2",
-            "run.diag_interval=3",
-            f"run.eval_interval={steps}",
-            "run.eval_batches=1",
-            "run.ckpt_interval=1000",
-            "run.progress=false",
-        ],
-    )
+    cfg = load_run_config(None, tiny_run_overrides("rmt", shards, steps))
     assert isinstance(cfg.model.connection, RMTConfig)
     trainer = Trainer(cfg, tmp_path)
     keys_before = trainer.model.connection_ends.entry_keys.detach().clone()
