@@ -32,7 +32,7 @@ RIVAL_ARCHS = ("rmt", "mudd")
 GAIN_FIELDS = ("composite_fwd", "composite_bwd", "single_fwd_max", "single_bwd_max")
 DEPTH_COLUMNS = [
     "variant", "arch", "scale", "sublayers", "seed", "run", "status", "diverged", "unstable", "final_val_loss",
-    "gap", "amax_composite", "identity_deviation",
+    "gap", "amax_composite", "identity_deviation", "trained_identity_deviation",
     *(f"{phase}_{name}" for phase in ("init", "final") for name in GAIN_FIELDS),
 ]  # fmt: skip
 STRESS_COLUMNS = [
@@ -55,7 +55,7 @@ def _max(values: Any) -> float:
 def gain_summary(run: dict[str, Any] | None) -> dict[str, float]:
     """A run's Jacobian gains (its jacobian_gain.json; NaN where missing): per phase ("init", "final") the composite
     forward and backward gain through the whole depth and the largest single-sub-layer gains; and the residual path's
-    largest deviation from the identity at initialisation."""
+    largest deviation from the identity at initialisation ("identity_deviation") and after training."""
     data = load_json((run or {}).get("jacobian_gain")) or {}
     out: dict[str, float] = {}
     for phase in ("init", "final"):
@@ -64,8 +64,9 @@ def gain_summary(run: dict[str, Any] | None) -> dict[str, float]:
         out[f"{phase}_composite_bwd"] = _first(record.get("composite_bwd"))
         out[f"{phase}_single_fwd_max"] = _max(record.get("single_fwd"))
         out[f"{phase}_single_bwd_max"] = _max(record.get("single_bwd"))
-    identity = ((data.get("init") or {}).get("identity_path") or {}).get("max")
-    out["identity_deviation"] = float(identity) if is_number(identity) else math.nan
+    for phase, key in (("init", "identity_deviation"), ("final", "trained_identity_deviation")):
+        identity = ((data.get(phase) or {}).get("identity_path") or {}).get("max")
+        out[key] = float(identity) if is_number(identity) else math.nan
     return out
 
 
@@ -144,6 +145,7 @@ def depth_table(frame: pd.DataFrame) -> pd.DataFrame:
             "gap_n": len(gaps),
             "amax_composite": _nanmedian(g["amax_composite"]),
             "identity_deviation": _nanmax(g["identity_deviation"]),
+            "trained_identity_deviation": _nanmedian(g["trained_identity_deviation"]),
         }
         for phase in ("init", "final"):
             for name in GAIN_FIELDS:
@@ -219,6 +221,9 @@ def variant_verdicts(index: dict[str, Any]) -> list[dict[str, Any]]:
                 "variant": variant,
                 "identity_at_init": None if not np.isfinite(deviation) else bool(deviation <= IDENTITY_TOLERANCE),
                 "identity_deviation": deviation,
+                "trained_identity_deviation": _nanmedian(mine["trained_identity_deviation"])
+                if not mine.empty
+                else math.nan,
                 "runs": len(runs),
                 "diverged": int(runs["diverged"].sum()) if len(runs) else 0,
                 "unstable": int(runs["unstable"].sum()) if len(runs) else 0,

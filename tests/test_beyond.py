@@ -46,6 +46,7 @@ def gain_file(folder: Path, variant: str, sublayers: int, seed: int) -> str:
     }
     init = {**record, "composite_fwd": [1.0] * sublayers, "composite_bwd": [1.0] * sublayers}
     init["identity_path"] = {"max": IDENTITY[variant]}
+    record["identity_path"] = {"max": 2 * IDENTITY[variant] + 0.1}
     path = folder / "jacobian_gain.json"
     path.write_text(json.dumps({"init": init, "final": record}))
     return str(path)
@@ -130,19 +131,29 @@ def test_identity_and_divergence_per_variant(tmp_path: Path) -> None:
     assert len(stress) == 4 * 2 * 2  # the 1x runs are the depth sweep's at the stress scale
 
 
-def test_claim_10_needs_the_rivals_unstable_where_mhc_is_not(tmp_path: Path) -> None:
+def test_claim_10_needs_the_rival_unstable_where_mhc_is_not(tmp_path: Path) -> None:
+    rmt = report.claim_rival("rmt", "a", "RMT")
     cells = {("s4", 1.0, 0), ("s4", 1.0, 1), ("s8", 1.0, 0), ("s8", 1.0, 1), ("s8", 10.0, 0)}
     unstable = make_index(tmp_path / "a", rmt_diverges=cells)
     assert len(beyond.instability_cells(unstable, "rmt", "mhc")) == 6
-    claim = report.claim_rivals(report.ClaimInputs(unstable, None))
+    claim = rmt(report.ClaimInputs(unstable, None))
     assert claim.verdict == report.REPRODUCED, claim.why  # 5 of 6 cells, mHC never: sign test p = 1/32
-    assert "identity at init lost" in claim.ours
+    assert "identity at init lost (deviation 0.8; after training 1.7)" in claim.ours
     stable = make_index(tmp_path / "b")
-    claim = report.claim_rivals(report.ClaimInputs(stable, None))
+    claim = rmt(report.ClaimInputs(stable, None))
     assert claim.verdict == report.INCONCLUSIVE and "did not bite" in claim.why
     few = make_index(tmp_path / "c", rmt_diverges={("s8", 10.0, 0)})
-    assert report.claim_rivals(report.ClaimInputs(few, None)).verdict == report.INCONCLUSIVE  # 1 cell: p = 0.5
-    assert report.claim_rivals(report.ClaimInputs({"runs": {}}, None)).verdict == report.INCONCLUSIVE
+    assert rmt(report.ClaimInputs(few, None)).verdict == report.INCONCLUSIVE  # 1 cell: p = 0.5
+    assert rmt(report.ClaimInputs({"runs": {}}, None)).verdict == report.INCONCLUSIVE
+    # MUDDFormer has no run here: not run, whatever RMT did
+    assert report.claim_rival("mudd", "b", "MUDDFormer")(report.ClaimInputs(unstable, None)).ours == "not run"
+
+
+def test_a_rival_stable_where_the_stress_bit_others_contradicts_the_claim() -> None:
+    assert report.verdict_rival([(False, False)] * 6, ["mudd"], 6, 0, "RMT")[0] == report.CONTRADICTED
+    assert report.verdict_rival([(False, False)] * 6, [], 6, 0, "RMT")[0] == report.INCONCLUSIVE  # did not bite
+    assert report.verdict_rival([(False, False)] * 2, ["mudd"], 2, 0, "RMT")[0] == report.INCONCLUSIVE  # too few
+    assert report.verdict_rival([(True, False)] * 5, [], 5, 5, "RMT")[0] == report.REPRODUCED
 
 
 def test_table_figures_and_report_section(tmp_path: Path) -> None:
@@ -150,7 +161,7 @@ def test_table_figures_and_report_section(tmp_path: Path) -> None:
     table = tables.beyond_paper(index)
     assert not table.frame.empty and set(table.frame["variant"]) == set(VARIANTS)
     lines = "\n".join(report.beyond_section(index))
-    assert "| rmt | **no** (0.8) | 6 | 1 | 1 |" in lines
+    assert "| rmt | **no** (0.8) | 1.7 | 6 | 1 | 1 |" in lines
     assert "hc ≥ 10 from 4 sub-layers (4: 16, 8: 256)" in lines  # Jacobian gain: 2^4 already explodes
     figures._style()
     for name in ("fig_beyond_depth", "fig_beyond_stress"):
