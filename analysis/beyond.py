@@ -54,12 +54,16 @@ def _max(values: Any) -> float:
 
 def gain_summary(run: dict[str, Any] | None) -> dict[str, float]:
     """A run's Jacobian gains (its jacobian_gain.json; NaN where missing): per phase ("init", "final") the composite
-    forward and backward gain through the whole depth and the largest single-sub-layer gains; and the residual path's
+    forward and backward gain through the whole depth and the largest single-sub-layer gains (inf where the model's
+    states overflow, recorded by the gain job as "not_finite"); and the residual path's
     largest deviation from the identity at initialisation ("identity_deviation") and after training."""
     data = load_json((run or {}).get("jacobian_gain")) or {}
     out: dict[str, float] = {}
     for phase in ("init", "final"):
         record = data.get(phase) or {}
+        if record.get("not_finite"):  # the model's states overflow (a collapsed run): no finite gain, counted as inf
+            out.update({f"{phase}_{name}": math.inf for name in GAIN_FIELDS})
+            continue
         out[f"{phase}_composite_fwd"] = _last(record.get("composite_fwd"))
         out[f"{phase}_composite_bwd"] = _first(record.get("composite_bwd"))
         out[f"{phase}_single_fwd_max"] = _max(record.get("single_fwd"))

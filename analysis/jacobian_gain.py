@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, build in (("init", lambda: initial_model(sidecar, device)), ("final", lambda: final)):
         model = build().float()
         start = time.perf_counter()
-        gains = jacobian_gains(model, tokens, probes=args.probes, seed=args.seed, power_iters=args.power_iters)
+        try:
+            gains = jacobian_gains(model, tokens, probes=args.probes, seed=args.seed, power_iters=args.power_iters)
+        except FloatingPointError as err:
+            # a trained model whose states overflow has no finite gain to report: say so, keep the rest
+            print(f"warning: {name} model: {err}; its gains are recorded as not finite", file=sys.stderr)
+            gains = {"not_finite": str(err)}
         # is the residual path alone (every sub-layer's output zeroed) the identity?
         identity = residual_path_deviation(model.eval(), tokens)
         result[name] = {**gains, "identity_path": identity, "seconds": round(time.perf_counter() - start, 3)}

@@ -577,7 +577,8 @@ def beyond_paper(index: dict[str, Any]) -> Table:
         "entering the first sub-layer, through every sub-layer to the last (forward-mode AD); composite_bwd: the same "
         "for a random cotangent pulled back from the last sub-layer to the first; single_*_max: the largest "
         "single-sub-layer gain. Medians over seeds, measured in the run's own state space (n streams, RMT's matrix, "
-        "MUDDFormer's list of earlier outputs): analysis/jacobian_gain.py.",
+        "MUDDFormer's list of earlier outputs, measured on its newest entry): analysis/jacobian_gain.py. inf: the "
+        "trained model's states overflow, so its Jacobian is not finite.",
         f"identity_deviation: with every sub-layer's output zeroed, the largest distance (between unit vectors, 0..2) "
         f"of a sub-layer's input from the token's embedding at initialisation; ≤ {beyond.IDENTITY_TOLERANCE:g} means "
         "the residual path is the identity (models/diagnostics.py `residual_path_deviation`).",

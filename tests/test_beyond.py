@@ -118,6 +118,16 @@ def test_depth_rows_and_table_hand_computed(tmp_path: Path) -> None:
     assert table.loc[("rmt", 8), "identity_deviation"] == pytest.approx(0.8)
 
 
+def test_a_gain_that_is_not_finite_counts_as_infinite(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    path = folder / "jacobian_gain.json"
+    path.write_text(json.dumps({"init": {"composite_fwd": [1.0, 2.0]}, "final": {"not_finite": "nan tangent"}}))
+    gains = beyond.gain_summary({"jacobian_gain": str(path)})
+    assert gains["init_composite_fwd"] == 2.0 and gains["final_composite_fwd"] == math.inf
+    assert math.isnan(gains["identity_deviation"])
+
+
 def test_identity_and_divergence_per_variant(tmp_path: Path) -> None:
     index = make_index(tmp_path, rmt_diverges={("s8", 10.0, 0)})
     verdicts = {v["variant"]: v for v in beyond.variant_verdicts(index)}

@@ -308,6 +308,24 @@ def test_cli_writes_init_and_final_gains_of_a_trained_run(tmp_path, shards):
     # mHC's residual path hands every sub-layer the embedding itself at init
     assert len(result["init"]["identity_path"]["sublayers"]) == 4 and result["init"]["identity_path"]["max"] < 1e-4
 
+    # a trained model whose states overflow (a collapsed run) has no finite gain: recorded as such, exit 0
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    weights_file = run / "model" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["embed.weight"] = torch.full_like(weights["embed.weight"], float("inf"))
+    save_file(weights, weights_file)
+    sidecar_file = run / "model" / "model.json"
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar["sha256"] = hashlib.sha256(weights_file.read_bytes()).hexdigest()  # a collapsed run, not a corrupted file
+    sidecar_file.write_text(json.dumps(sidecar))
+    proc = _cli("--run", str(run), "--out", str(out), "--batch", "2", "--seq", "16", "--probes", "1")
+    assert proc.returncode == 0, proc.stderr
+    broken = json.loads(out.read_text())
+    assert "not finite" in proc.stderr and broken["final"]["not_finite"] and "composite_fwd" in broken["init"]
+
     # the rebuilt model at init is the trainer's
     sidecar = json.loads((run / "model" / "model.json").read_text())
     rebuilt = initial_model(sidecar)
