@@ -47,11 +47,6 @@ def _last(values: Any) -> float:
     return math.nan
 
 
-def _max(values: Any) -> float:
-    finite = [float(v) for v in values or [] if is_number(v)] if isinstance(values, list) else []
-    return max(finite) if finite else math.nan
-
-
 def gain_summary(run: dict[str, Any] | None) -> dict[str, float]:
     """A run's Jacobian gains (its jacobian_gain.json; NaN where missing): per phase ("init", "final") the composite
     forward and backward gain through the whole depth and the largest single-sub-layer gains (inf where the model's
@@ -66,8 +61,8 @@ def gain_summary(run: dict[str, Any] | None) -> dict[str, float]:
             continue
         out[f"{phase}_composite_fwd"] = _last(record.get("composite_fwd"))
         out[f"{phase}_composite_bwd"] = _first(record.get("composite_bwd"))
-        out[f"{phase}_single_fwd_max"] = _max(record.get("single_fwd"))
-        out[f"{phase}_single_bwd_max"] = _max(record.get("single_bwd"))
+        out[f"{phase}_single_fwd_max"] = _nanmax(record.get("single_fwd") or [])
+        out[f"{phase}_single_bwd_max"] = _nanmax(record.get("single_bwd") or [])
     for phase, key in (("init", "identity_deviation"), ("final", "trained_identity_deviation")):
         identity = ((data.get(phase) or {}).get("identity_path") or {}).get("max")
         out[key] = float(identity) if is_number(identity) else math.nan
@@ -205,11 +200,19 @@ def stress_runs(index: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=STRESS_COLUMNS)
 
 
-def variant_verdicts(index: dict[str, Any]) -> list[dict[str, Any]]:
+SectionRuns = tuple[pd.DataFrame, pd.DataFrame]
+"""(depth_runs, stress_runs) of an index: read once, passed to every function that needs both."""
+
+
+def section_runs(index: dict[str, Any]) -> SectionRuns:
+    return depth_runs(index), stress_runs(index)
+
+
+def variant_verdicts(index: dict[str, Any], runs: SectionRuns | None = None) -> list[dict[str, Any]]:
     """Per variant of the section: does its residual path preserve the identity at initialisation (the largest
     deviation over its runs, None when no run was measured), how many of its runs diverged or were unstable (depth
     sweep and stress test together), and its composite forward gains at the deepest point reached."""
-    depth, stress = depth_runs(index), stress_runs(index)
+    depth, stress = runs if runs is not None else section_runs(index)
     out = []
     for variant in (index.get("beyond_paper") or {}).get("variants") or []:
         mine = depth[(depth["variant"] == variant) & (depth["status"] != "missing")] if not depth.empty else depth
@@ -239,17 +242,18 @@ def variant_verdicts(index: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def instability_cells(index: dict[str, Any], a: str, b: str) -> list[tuple[bool, bool]]:
+def instability_cells(
+    index: dict[str, Any], a: str, b: str, runs: SectionRuns | None = None
+) -> list[tuple[bool, bool]]:
     """(a unstable, b unstable) for every cell of the section where both ran: each (depth, seed) of the depth sweep and
     each (multiplier, seed) of the stress test beyond 1x."""
     cells = []
-    depth = depth_runs(index)
+    depth, stress = runs if runs is not None else section_runs(index)
     if not depth.empty:
         depth = depth[depth["status"].isin(ENDED)]
         left = depth[depth["variant"] == a].set_index(["sublayers", "seed"])["unstable"]
         right = depth[depth["variant"] == b].set_index(["sublayers", "seed"])["unstable"]
         cells += [(bool(left[k]), bool(right[k])) for k in sorted(left.index.intersection(right.index))]
-    stress = stress_runs(index)
     if not stress.empty:
         stress = stress[stress["status"].isin(ENDED) & (stress["multiplier"] != 1.0)]
         left = stress[stress["variant"] == a].set_index(["multiplier", "seed"])["unstable"]

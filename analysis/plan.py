@@ -224,9 +224,6 @@ def beyond_section(config: dict[str, Any], variants: dict[str, dict[str, Any]]) 
             )
     if len({p["sublayers"] for p in points}) != len(points):
         raise ValueError("beyond_paper.depth_scales: two scales have the same depth")
-    for name in beyond["variants"]:
-        if name not in variants:
-            raise ValueError(f"beyond_paper.variants: {name!r} is not defined under config 'variants'")
     stress = beyond.get("stress")
     return {
         "variants": list(beyond["variants"]),

@@ -418,6 +418,11 @@ class ClaimInputs:
     def amax(self) -> dict[str, Any]:
         return amax_evidence(self.index)
 
+    @functools.cached_property
+    def beyond_runs(self) -> beyond.SectionRuns:
+        """The runs of the section beyond the paper (claims 10a and 10b read them)."""
+        return beyond.section_runs(self.index)
+
 
 def _num(value: float | None, spec: str = ".3g") -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
@@ -590,7 +595,7 @@ def claim_rival(arch: str, letter: str, name: str) -> Callable[[ClaimInputs], Cl
     cell against mHC over the depth sweep and the stress test (`verdict_rival`)."""
 
     def claim(c: ClaimInputs) -> Claim:
-        verdicts = beyond.variant_verdicts(c.index)
+        verdicts = beyond.variant_verdicts(c.index, c.beyond_runs)
         archs = (c.index.get("beyond_paper") or {}).get("archs") or {}
         mine = [v for v in verdicts if archs.get(v["variant"]) == arch and v["runs"]]
         title = f"10{letter}. {name} loses the identity mapping and trains unstably"
@@ -599,7 +604,7 @@ def claim_rival(arch: str, letter: str, name: str) -> Callable[[ClaimInputs], Cl
             return Claim(title, paper_text, "not run", INCONCLUSIVE, f"no run of {name} (config `beyond_paper`)")
         v = mine[0]
         others = [o["variant"] for o in verdicts if o["unstable"] and archs.get(o["variant"]) != arch]
-        cells = beyond.instability_cells(c.index, v["variant"], "mhc")
+        cells = beyond.instability_cells(c.index, v["variant"], "mhc", c.beyond_runs)
         verdict, why = verdict_rival(cells, others, v["runs"], v["unstable"], name)
         identity = v["identity_at_init"]
         kept = "not measured" if identity is None else ("kept" if identity else "lost")
@@ -977,7 +982,8 @@ def beyond_section(index: dict[str, Any]) -> list[str]:
     section = index.get("beyond_paper") or {}
     if not section:
         return lines + ["This tier has no `beyond_paper` section."]
-    table = beyond.depth_table(beyond.depth_runs(index))
+    runs = beyond.section_runs(index)
+    table = beyond.depth_table(runs[0])
     depths = [int(p["sublayers"]) for p in section.get("depths") or []]
     seeds = list(section.get("seeds") or [])
     stress = section.get("stress") or {}
@@ -1009,7 +1015,7 @@ def beyond_section(index: dict[str, Any]) -> list[str]:
         "composite gain at init | trained | " + " | ".join(f"gap @ {d}" for d in depths) + " |",
         "|---|---|---|---|---|---|---|---|" + "---|" * len(depths),
     ]
-    for v in beyond.variant_verdicts(index):
+    for v in beyond.variant_verdicts(index, runs):
         identity = v["identity_at_init"]
         kept = "n/a" if identity is None else ("yes" if identity else "**no**")
         gaps = []

@@ -91,7 +91,6 @@ def _key_matrix(cfg: RMTConfig) -> nn.Parameter:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _fan_in_normal(generator: torch.Generator | None, *keys: tuple[torch.Tensor, int]) -> None:
     """Draw each (key matrix, fan-in) from N(0, 1 / fan-in), in order (nothing on the meta device)."""
     for param, fan_in in keys:
